@@ -1,0 +1,126 @@
+"""Headless commands: `ask` (one turn from files) and `make-test-model`.
+
+Every user-fixable problem ends as one `error: …` line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import OmnivoxError
+from engine.media import DEFAULT_MAX_IMAGE_SIDE, DEFAULT_MAX_SPEECH_SECONDS, SAMPLE_RATE, open_image, read_speech
+from engine.quantize import PRECISIONS
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    ask = commands.add_parser("ask", help="answer one question from files, headless")
+    ask.add_argument("--model", type=Path, required=True, help="Lyra model folder")
+    ask.add_argument("--vocoder", type=Path, help="vocoder folder (default: MODEL/vocoder)")
+    ask.add_argument("--audio", type=Path, help="spoken question (WAV, FLAC or OGG; any rate)")
+    ask.add_argument("--image", type=Path, help="image to talk about (PNG, JPEG, WebP, BMP, GIF)")
+    ask.add_argument("--text", help="typed question or text after the spoken one")
+    ask.add_argument("--out", type=Path, help="write the spoken reply here (WAV)")
+    ask.add_argument("--quant", choices=PRECISIONS, help="precision (default: nf4 on CUDA, fp32 on CPU)")
+    ask.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    ask.add_argument("--max-new-tokens", type=int, default=256)
+    ask.add_argument("--max-image-side", type=int, default=DEFAULT_MAX_IMAGE_SIDE)
+    ask.add_argument("--max-audio-seconds", type=float, default=DEFAULT_MAX_SPEECH_SECONDS)
+    ask.add_argument("--json", action="store_true", help="print one JSON summary (text streams to stderr)")
+    ask.set_defaults(run=run_ask)
+
+    make = commands.add_parser("make-test-model", help="write a random-weight checkpoint in the released layout")
+    make.add_argument("folder", type=Path)
+    make.add_argument("--size", default="tiny", help="tiny, bench or mini-proportions")
+    make.add_argument("--seed", type=int, default=0)
+    make.set_defaults(run=run_make_test_model)
+
+
+def run_ask(args: argparse.Namespace) -> int:
+    # Inputs are checked before the (slow) model load so a typo fails at once.
+    if args.audio is None and args.image is None and not args.text:
+        raise OmnivoxError("nothing to ask: pass --audio, --image with --text, or --text.")
+    if args.out is not None and not args.out.parent.is_dir():
+        raise OmnivoxError(f"{args.out.parent}: no such folder for --out.")
+    speech = read_speech(args.audio, args.max_audio_seconds) if args.audio else None
+    image = open_image(args.image) if args.image else None
+
+    from engine.loading import load_lyra  # torch and transformers load here, not at start-up
+    from engine.quantize import Precision, count_quantized, weight_bytes
+    from engine.session import Session, TurnRequest
+    from engine.events import AudioChunk, TextDelta, TurnDone
+
+    precision = Precision.parse(args.quant, args.device)
+    started = time.perf_counter()
+    lyra = load_lyra(args.model, precision, args.vocoder)
+    load_ms = round((time.perf_counter() - started) * 1000, 1)
+    session = Session(lyra, max_image_side=args.max_image_side)
+    request = TurnRequest(speech=speech, image=image, text=args.text, max_new_tokens=args.max_new_tokens,
+                          speak=args.out is not None or args.json)
+    stream = sys.stderr if args.json else sys.stdout
+    chunks: list[np.ndarray] = []
+    done: TurnDone | None = None
+    for event in session.respond(request):
+        if isinstance(event, TextDelta):
+            stream.write(event.text)
+            stream.flush()
+        elif isinstance(event, AudioChunk):
+            chunks.append(event.pcm)
+        else:
+            done = event
+    stream.write("\n")
+    assert done is not None
+    audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    if args.out is not None:
+        write_wav_atomically(args.out, audio)
+    if args.json:
+        summary = {
+            "text": done.text,
+            "audio_seconds": round(done.audio_seconds, 3),
+            "sample_rate": SAMPLE_RATE,
+            "timings_ms": {"load": load_ms, **done.timings_ms},
+            "tokens": done.tokens,
+            "quantization": {
+                "mode": precision.mode,
+                "device": str(precision.device),
+                "linear4bit_modules": count_quantized(lyra.model) if precision.mode == "nf4" else 0,
+                "linear8bit_modules": count_quantized(lyra.model) if precision.mode == "int8" else 0,
+                "weight_bytes": weight_bytes(lyra.model),
+            },
+            "adapter": done.adapter,
+            "unexpected_keys": lyra.report.unexpected,
+        }
+        print(json.dumps(summary))
+    return 0
+
+
+def write_wav_atomically(path: Path, audio: np.ndarray) -> None:
+    """Write to a temporary file beside `path` and rename, so a crash never leaves half a file."""
+    import soundfile
+
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        soundfile.write(temporary, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def run_make_test_model(args: argparse.Namespace) -> int:
+    from engine.testing import SIZES, write_test_model
+
+    if args.size not in SIZES:
+        raise OmnivoxError(f"unknown size {args.size!r}; choose one of {', '.join(SIZES)}.")
+    folder = write_test_model(args.folder, args.size, args.seed)
+    size_mb = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
+    print(f"wrote a random-weight Lyra checkpoint ({args.size}, {size_mb:.1f} MB) to {folder}")
+    return 0

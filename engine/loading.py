@@ -1,0 +1,225 @@
+"""Build a `LyraModel` from a checkpoint folder at a chosen precision.
+
+The model is first built with parameters on the meta device (no memory), then each released
+tensor is read from the memory-mapped shards, checked against the shape the engine expects,
+cast or quantized, and put in place — so peak memory stays near the final model size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from engine import checkpoint
+from engine.checkpoint import CheckpointFiles, LoadReport, TensorInfo
+from engine.config import LyraConfig
+from engine.errors import OmnivoxError
+from engine.model.lyra import ADAPTERS, LyraModel, SpeechEncoderDims
+from engine.model.vocoder import UnitVocoder, load_vocoder
+from engine.quantize import Precision, is_quantized_linear, quantized_linear
+
+LORA_TARGETS = r"layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)"
+SPEECH_TOWER = "model.speech_tower.speech_tower."
+
+logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
+
+
+@dataclass
+class LoadedLyra:
+    model: LyraModel
+    tokenizer: PreTrainedTokenizerBase
+    vocoder: UnitVocoder
+    config: LyraConfig
+    precision: Precision
+    report: LoadReport
+    folder: Path
+
+
+def load_lyra(
+    folder: Path,
+    precision: Precision,
+    vocoder: Path | None = None,
+    attn_implementation: str = "sdpa",
+) -> LoadedLyra:
+    files = checkpoint.locate(folder, vocoder)
+    config = LyraConfig.from_file(files.config)
+    index = checkpoint.read_index(files)
+    projectors = {name: checkpoint.adapter_projector(path) for name, path in files.adapters.items()}
+    dims = speech_encoder_dims(index, projectors["speech"])
+
+    with parameters_on_meta():
+        model = LyraModel(config, dims, attn_implementation)
+    report = load_weights(model, files, index, precision)
+    for name, tensors in projectors.items():
+        load_module(model.speech_projectors[name], tensors, precision, f"{name} adapter projector")
+    load_adapters(model, files, precision, report)
+    model.eval().requires_grad_(False)
+
+    tokenizer = load_tokenizer(folder)
+    unit_vocoder = load_vocoder_checked(files, precision)
+    return LoadedLyra(model, tokenizer, unit_vocoder, config, precision, report, folder)
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Create parameters on the meta device but buffers (rotary tables) for real."""
+    original = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        original(module, name, param)
+        if param is not None:
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=False)
+
+    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original  # type: ignore[method-assign]
+
+
+def speech_encoder_dims(index: dict[str, TensorInfo], projector: dict[str, torch.Tensor]) -> SpeechEncoderDims:
+    def shape(name: str) -> tuple[int, ...]:
+        info = index.get(SPEECH_TOWER + name)
+        if info is None:
+            raise OmnivoxError(f"weights: missing tensor {SPEECH_TOWER + name}; re-download the model.")
+        return info.shape
+
+    layers = {name.split(".")[3] for name in index if name.startswith(SPEECH_TOWER + "layers.")}
+    width, n_mels, _ = shape("conv1.weight")
+    return SpeechEncoderDims(
+        n_mels=n_mels,
+        width=width,
+        layers=len(layers),
+        ffn=shape("layers.0.fc1.weight")[0],
+        positions=shape("embed_positions.weight")[0],
+        projector_hidden=projector["linear1.weight"].shape[0],
+    )
+
+
+def load_weights(model: LyraModel, files: CheckpointFiles, index: dict[str, TensorInfo],
+                 precision: Precision) -> LoadReport:
+    expected = {n: tuple(p.shape) for n, p in model.named_parameters() if not n.startswith("speech_projectors.")}
+    report = LoadReport()
+    wanted: dict[str, str] = {}  # released → engine
+    for released, info in index.items():
+        target = checkpoint.engine_name(released)
+        if target is None or (target and target not in expected):
+            report.unexpected.append(released)
+        elif target == "":
+            report.ignored.append(released)
+        elif info.shape != expected[target]:
+            raise OmnivoxError(
+                f"weights: tensor {released} has shape {list(info.shape)} but this config.json needs "
+                f"{list(expected[target])}; the weights and config do not belong together."
+            )
+        else:
+            wanted[released] = target
+    tied = model.config.text.tie_word_embeddings and "lm_head.weight" not in wanted.values()
+    if tied:  # Qwen2-VL-2B shares its input embedding with the output head
+        expected.pop("lm_head.weight")
+    missing = sorted(set(expected) - set(wanted.values()))
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise OmnivoxError(f"weights: missing {shown}; the checkpoint is incomplete, re-download it.")
+
+    pending: dict[str, dict[str, torch.Tensor]] = {}  # quantized modules waiting for weight + bias
+    for released, tensor in checkpoint.iter_tensors(files, list(wanted), index):
+        target = wanted[released]
+        module_name, leaf = target.rsplit(".", 1)
+        if precision.quantized and is_quantized_linear(module_name):
+            parts = pending.setdefault(module_name, {})
+            parts[leaf] = tensor
+            linear = model.get_submodule(module_name)
+            if "weight" in parts and ("bias" in parts or linear.bias is None):
+                replace_module(model, module_name, quantized_linear(parts["weight"], parts.get("bias"), precision))
+                del pending[module_name]
+        else:
+            set_parameter(model, target, tensor.to(precision.device, precision.dtype))
+    if tied:
+        model.lm_head.weight = model.llm.embed_tokens.weight
+    return report
+
+
+def load_module(module: nn.Module, tensors: dict[str, torch.Tensor], precision: Precision, what: str) -> None:
+    for name, param in module.named_parameters():
+        tensor = tensors.get(name)
+        if tensor is None:
+            raise OmnivoxError(f"{what}: missing tensor {name}; re-download the model.")
+        if tuple(tensor.shape) != tuple(param.shape):
+            raise OmnivoxError(
+                f"{what}: tensor {name} has shape {list(tensor.shape)}, expected {list(param.shape)}; "
+                "re-download the model."
+            )
+        set_parameter(module, name, tensor.to(precision.device, precision.dtype))
+
+
+def set_parameter(root: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    module_name, _, leaf = name.rpartition(".")
+    module = root.get_submodule(module_name) if module_name else root
+    module._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
+
+
+def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent_name), leaf, new)
+
+
+def load_adapters(model: LyraModel, files: CheckpointFiles, precision: Precision, report: LoadReport) -> None:
+    """Inject both LoRA adapters into the LLM layers (only there) and fill their matrices."""
+    for name in ADAPTERS:
+        folder = files.adapters[name]
+        settings = checkpoint.adapter_config(folder)
+        lora = LoraConfig(r=settings["r"], lora_alpha=settings["lora_alpha"], lora_dropout=0.0,
+                          target_modules=LORA_TARGETS, bias="none")
+        inject_adapter_in_model(lora, model.llm, adapter_name=name)
+        weights, unknown = checkpoint.adapter_weights(folder)
+        report.unexpected += [f"{folder.name}/{key}" for key in unknown]
+        params = dict(model.llm.named_parameters())
+        for key, tensor in weights.items():
+            target = f"{key}.{name}.weight"
+            if target not in params:
+                report.unexpected.append(f"{folder.name}/{key}")
+                continue
+            if tuple(tensor.shape) != tuple(params[target].shape):
+                raise OmnivoxError(
+                    f"{folder.name}: tensor {key} has shape {list(tensor.shape)}, expected "
+                    f"{list(params[target].shape)}; the adapter does not belong to this model."
+                )
+            params[target].data = tensor.to(precision.device, precision.dtype)
+    select_adapter(model, None)
+
+
+def select_adapter(model: LyraModel, name: str | None) -> None:
+    """Activate one LoRA adapter on every LLM layer, or none (a turn without speech)."""
+    for module in model.llm.modules():
+        if isinstance(module, LoraLayer):
+            if name is None:
+                module.enable_adapters(False)
+            else:
+                module.enable_adapters(True)
+                module.set_adapter(name)
+
+
+def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise OmnivoxError(f"{folder}: the tokenizer files cannot be read ({err}); re-download the model.") from err
+
+
+def load_vocoder_checked(files: CheckpointFiles, precision: Precision) -> UnitVocoder:
+    # The vocoder is small and its rounding is audible: it stays in fp32 on the CPU, its own dtype elsewhere.
+    dtype = torch.float32 if precision.device.type == "cpu" else precision.dtype
+    try:
+        return load_vocoder(files.vocoder / "g_00500000", files.vocoder / "config.json", precision.device, dtype)
+    except ValueError as err:
+        raise OmnivoxError(str(err)) from err

@@ -1,0 +1,97 @@
+"""ChatML prompts with media placeholders, and their 3-row M-RoPE positions.
+
+A user turn is `<|vision_start|><image><|vision_end|>` for an image, `<speech>` for spoken audio,
+then any typed text. `<image>` and `<speech>` are not tokens: they mark where the vision and
+speech embeddings are spliced in.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+SYSTEM_PROMPT = "You are a helpful assistant."
+IMAGE, SPEECH = "<image>", "<speech>"
+PLACEHOLDER = re.compile(f"({re.escape(IMAGE)}|{re.escape(SPEECH)})")
+END_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A run of prompt positions: text token ids, or a media block of `length` embeddings."""
+
+    kind: str  # "text", "image" or "speech"
+    length: int
+    token_ids: tuple[int, ...] = ()
+    grid: tuple[int, int, int] | None = None  # image: (t, h, w) after the 2×2 merge
+
+    @property
+    def is_media(self) -> bool:
+        return self.kind != "text"
+
+
+def user_content(has_image: bool, has_speech: bool, text: str | None) -> str:
+    content = ""
+    if has_image:
+        content += f"<|vision_start|>{IMAGE}<|vision_end|>"
+    if has_speech:
+        content += SPEECH
+    if text:
+        content += ("\n" if content else "") + text
+    return content
+
+
+def chat_text(content: str, first_turn: bool) -> str:
+    """One user turn and the assistant's opening, with the system prompt before the first."""
+    system = f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n" if first_turn else ""
+    return f"{system}<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def split_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    image_grid: tuple[int, int, int] | None = None,
+    speech_tokens: int = 0,
+) -> list[Piece]:
+    """Tokenize `text` around its placeholders; each placeholder becomes a media piece."""
+    pieces = []
+    for part in PLACEHOLDER.split(text):
+        if part == IMAGE:
+            if image_grid is None:
+                raise ValueError("prompt has <image> but no image was given")
+            pieces.append(Piece("image", image_grid[0] * image_grid[1] * image_grid[2], grid=image_grid))
+        elif part == SPEECH:
+            pieces.append(Piece("speech", speech_tokens))
+        elif part:
+            ids = tuple(tokenizer(part, add_special_tokens=False)["input_ids"])
+            pieces.append(Piece("text", len(ids), token_ids=ids))
+    return pieces
+
+
+def mrope_positions(pieces: list[Piece], start: int) -> tuple[torch.Tensor, int]:
+    """(3, T) positions for the pieces starting at `start`, and the next free position.
+
+    Text and speech advance all three rows together. An image's tokens take (t, h, w) grid
+    indices offset by the running position; the text after it resumes at that block's max + 1.
+    """
+    rows, position = [], start
+    for piece in pieces:
+        if piece.kind == "image":
+            t, h, w = piece.grid  # type: ignore[misc]
+            grid = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij"))
+            rows.append(grid.reshape(3, -1) + position)
+            position += max(t, h, w)
+        else:
+            rows.append(torch.arange(position, position + piece.length).expand(3, -1))
+            position += piece.length
+    if not rows:
+        return torch.zeros(3, 0, dtype=torch.long), start
+    return torch.cat(rows, dim=1), position
+
+
+def end_token_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    ids = {tokenizer.convert_tokens_to_ids(token) for token in END_TOKENS}
+    return {i for i in ids if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id}

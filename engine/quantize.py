@@ -1,0 +1,125 @@
+"""Precision modes and the bitsandbytes layers that implement them.
+
+In `nf4` and `int8` the large matrices of every transformer block — the LLM's attention and MLP,
+the ViT blocks, the Whisper layers and the CTC generator's layers — become bitsandbytes
+`Linear4bit` / `Linear8bitLt`. Everything else stays in half precision on CUDA: embeddings and
+lm_head (a single row per token, quantizing them costs quality for little memory at decode),
+norms, convolutions, the ViT patch merger, the speech projectors and the vocoder (small, and
+their errors are audible or compound through the whole sequence).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from engine.errors import OmnivoxError
+
+PRECISIONS = ("nf4", "int8", "bf16", "fp16", "fp32")
+
+# Linear layers that live inside repeated transformer blocks, by their engine module name.
+QUANTIZED_LINEAR = re.compile(
+    r"^(llm\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)"
+    r"|vision_tower\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.fc[12])"
+    r"|speech_tower\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|fc[12])"
+    r"|speech_generator\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj))$"
+)
+
+# bitsandbytes logs an optional-kernel miss on every CPU start; it is not actionable for users.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+@dataclass(frozen=True)
+class Precision:
+    mode: str
+    device: torch.device
+
+    @classmethod
+    def parse(cls, mode: str | None, device: str | None = None) -> Precision:
+        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if target.type == "cuda" and not torch.cuda.is_available():
+            raise OmnivoxError("CUDA was requested but no CUDA GPU is available; use --device cpu.")
+        chosen = mode or ("nf4" if target.type == "cuda" else "fp32")
+        if chosen not in PRECISIONS:
+            raise OmnivoxError(f"unknown precision {chosen!r}; choose one of {', '.join(PRECISIONS)}.")
+        return cls(chosen, target)
+
+    @property
+    def quantized(self) -> bool:
+        return self.mode in ("nf4", "int8")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """dtype of every tensor that is not quantized."""
+        if self.mode == "fp32":
+            return torch.float32
+        if self.mode == "fp16":
+            return torch.float16
+        if self.mode == "bf16":
+            return torch.bfloat16
+        # Quantized modes: half precision on the GPU; on the CPU half-precision matmuls are slow
+        # and memory is not the constraint, so the unquantized rest runs in fp32 there.
+        if self.device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def is_quantized_linear(name: str) -> bool:
+    return QUANTIZED_LINEAR.match(name) is not None
+
+
+def quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None, precision: Precision) -> nn.Module:
+    """A bitsandbytes layer holding `weight`, quantized on its way to the target device."""
+    import bitsandbytes as bnb  # imported late: it probes the GPU at import time
+
+    out_features, in_features = weight.shape
+    if precision.mode == "nf4":
+        layer = bnb.nn.Linear4bit(
+            in_features, out_features, bias=bias is not None, compute_dtype=precision.dtype,
+            compress_statistics=True, quant_type="nf4", device="meta",
+        )
+        layer.weight = bnb.nn.Params4bit(
+            weight.to(precision.dtype), requires_grad=False, quant_type="nf4", compress_statistics=True
+        )
+    else:
+        layer = bnb.nn.Linear8bitLt(
+            in_features, out_features, bias=bias is not None, has_fp16_weights=False, threshold=6.0,
+            device="meta",
+        )
+        layer.weight = bnb.nn.Int8Params(weight.to(precision.dtype), requires_grad=False, has_fp16_weights=False)
+    if bias is not None:
+        layer.bias = nn.Parameter(bias.to(precision.dtype), requires_grad=False)
+    return layer.to(precision.device)
+
+
+def count_quantized(model: nn.Module) -> int:
+    import bitsandbytes as bnb
+
+    return sum(isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)) for m in model.modules())
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes held by parameters and persistent buffers, quantization statistics included."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    for module in model.modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if state is not None:
+            total += quant_state_bytes(state)
+        scale = getattr(getattr(module, "weight", None), "SCB", None)
+        if scale is not None:
+            total += scale.numel() * scale.element_size()
+    return total
+
+
+def quant_state_bytes(state: object) -> int:
+    total = 0
+    for name in ("absmax", "code", "offset"):
+        tensor = getattr(state, name, None)
+        if isinstance(tensor, torch.Tensor):
+            total += tensor.numel() * tensor.element_size()
+    nested = getattr(state, "state2", None)
+    return total + (quant_state_bytes(nested) if nested is not None else 0)

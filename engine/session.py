@@ -1,0 +1,194 @@
+"""A conversation with a loaded Lyra model: one KV cache across turns, streamed replies.
+
+`Session.respond` runs a turn: encode media → build the ChatML prompt → prefill → greedy decode,
+yielding text deltas and audio chunks as they are ready and a `TurnDone` with timings at the end.
+The cache keeps every earlier turn, so a follow-up question can refer to the first.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers.cache_utils import DynamicCache
+
+from engine.errors import OmnivoxError
+from engine.events import AudioChunk, Event, TextDelta, TurnDone
+from engine.loading import LoadedLyra, select_adapter
+from engine.media import DEFAULT_MAX_IMAGE_SIDE, Speech, prepare_image, speech_features
+from engine.prompt import Piece, chat_text, end_token_ids, mrope_positions, split_prompt, user_content
+from engine.speech_out import SpeechOutput
+
+DEFAULT_MAX_NEW_TOKENS = 256
+TURN_END = "<|im_end|>\n"  # closes the assistant's reply in the cache before the next turn
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    speech: Speech | None = None
+    image: Image.Image | None = None
+    text: str | None = None
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    speak: bool = True
+
+    def validate(self) -> None:
+        if self.speech is None and self.image is None and not (self.text and self.text.strip()):
+            raise OmnivoxError("nothing to answer: give speech, an image or text.")
+        if self.image is not None and self.speech is None and not (self.text and self.text.strip()):
+            raise OmnivoxError("an image needs a question: add speech or text.")
+        if self.max_new_tokens < 1:
+            raise OmnivoxError(f"max new tokens must be at least 1, got {self.max_new_tokens}.")
+
+
+def adapter_for(speech: Speech | None) -> str | None:
+    """No speech → base model; one 30 s clip → `speech`; longer → `long_speech`."""
+    if speech is None:
+        return None
+    return "speech" if speech.clips == 1 else "long_speech"
+
+
+class Session:
+    def __init__(self, lyra: LoadedLyra, max_image_side: int = DEFAULT_MAX_IMAGE_SIDE) -> None:
+        self.lyra = lyra
+        self.max_image_side = max_image_side
+        self.end_ids = end_token_ids(lyra.tokenizer)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the conversation."""
+        self.cache = DynamicCache()
+        self.next_position = 0
+        self.turns = 0
+
+    @property
+    def cached_tokens(self) -> int:
+        return self.cache.get_seq_length(0) if len(self.cache.layers) else 0
+
+    @torch.inference_mode()
+    def respond(self, request: TurnRequest, cancel: threading.Event | None = None) -> Iterator[Event]:
+        request.validate()
+        cancel = cancel or threading.Event()
+        model = self.lyra.model
+        start = time.perf_counter()
+        timings: dict[str, float] = {}
+
+        def mark(name: str) -> None:
+            timings.setdefault(name, round((time.perf_counter() - start) * 1000, 2))
+
+        adapter = adapter_for(request.speech)
+        select_adapter(model, adapter)
+        media: dict[str, torch.Tensor] = {}
+        image_grid = None
+        if request.image is not None:
+            prepared = prepare_image(request.image, self.max_image_side)
+            media["image"] = model.encode_image(prepared.pixel_values, prepared.grid_thw)
+            t, h, w = (int(v) for v in prepared.grid_thw[0])
+            image_grid = (t, h // 2, w // 2)
+        if request.speech is not None:
+            features = speech_features(request.speech, model.speech_tower.config.num_mel_bins)
+            media["speech"] = model.encode_speech(features, adapter)  # type: ignore[arg-type]
+        mark("encode")
+
+        content = user_content(request.image is not None, request.speech is not None, request.text)
+        prompt = (TURN_END if self.turns else "") + chat_text(content, first_turn=self.turns == 0)
+        speech_tokens = media["speech"].shape[0] if "speech" in media else 0
+        pieces = split_prompt(self.lyra.tokenizer, prompt, image_grid, speech_tokens)
+        embeds = self.embed_pieces(pieces, media)
+        positions, self.next_position = mrope_positions(pieces, self.next_position)
+        self.check_length(embeds.shape[0] + request.max_new_tokens)
+        self.turns += 1
+
+        hidden = self.forward(embeds, positions)
+        mark("prefill")
+        speech_out = SpeechOutput(model.speech_generator, self.lyra.vocoder) if request.speak else None
+        generated: list[int] = []
+        text, audio_samples, cancelled = "", 0, False
+        while True:
+            token = int(model.logits(hidden).argmax())
+            if token in self.end_ids:
+                break
+            generated.append(token)
+            decoded = self.lyra.tokenizer.decode(generated, skip_special_tokens=True)
+            if len(decoded) > len(text) and not decoded.endswith("\ufffd"):  # hold back split UTF-8
+                mark("first_text")
+                yield TextDelta(decoded[len(text):])
+                text = decoded
+            if speech_out is not None:
+                audio = speech_out.push(hidden[0])
+                if audio.size:
+                    mark("first_audio")
+                    audio_samples += audio.size
+                    yield AudioChunk(audio)
+            if cancel.is_set():
+                cancelled = True
+                break
+            position = torch.full((3, 1), self.next_position, dtype=torch.long)
+            self.next_position += 1
+            hidden = self.forward(model.embed_tokens(torch.tensor([token])), position)
+            if len(generated) >= request.max_new_tokens or cancel.is_set():
+                cancelled = cancel.is_set()
+                break
+        if speech_out is not None and not cancelled:
+            tail = speech_out.flush()
+            if tail.size:
+                mark("first_audio")
+                audio_samples += tail.size
+                yield AudioChunk(tail)
+        mark("total")
+        yield TurnDone(
+            text=text,
+            audio_seconds=audio_samples / 16000,
+            timings_ms=timings,
+            tokens={
+                "prompt": int(embeds.shape[0]),
+                "speech": speech_tokens,
+                "image": int(media["image"].shape[0]) if "image" in media else 0,
+                "generated": len(generated),
+                "units": speech_out.unit_count if speech_out else 0,
+            },
+            adapter=adapter,
+            cancelled=cancelled,
+        )
+
+    def embed_pieces(self, pieces: list[Piece], media: dict[str, torch.Tensor]) -> torch.Tensor:
+        model = self.lyra.model
+        parts = [
+            model.embed_tokens(torch.tensor(piece.token_ids)) if not piece.is_media else media[piece.kind]
+            for piece in pieces
+        ]
+        return torch.cat(parts, dim=0)
+
+    def forward(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Run new positions through every layer; returns the last position's normed hidden (1, 1, H)."""
+        model = self.lyra.model
+        hidden = embeds[None].to(model.dtype)
+        rotary = model.rotary(hidden, positions)
+        for index in range(len(model.llm.layers)):
+            hidden = model.run_layer(index, hidden, rotary, self.cache)
+        return model.final_norm(hidden[:, -1:])
+
+    def check_length(self, needed: int) -> None:
+        limit = self.lyra.config.max_prompt_tokens
+        if self.cached_tokens + needed > limit:
+            raise OmnivoxError(
+                f"the conversation would reach {self.cached_tokens + needed} tokens, over the model's "
+                f"{limit}; start a new conversation or send shorter audio."
+            )
+
+
+def collect(events: Iterator[Event]) -> tuple[TurnDone, np.ndarray]:
+    """Run a turn to the end; returns its TurnDone and the whole reply audio."""
+    chunks, done = [], None
+    for event in events:
+        if isinstance(event, AudioChunk):
+            chunks.append(event.pcm)
+        elif isinstance(event, TurnDone):
+            done = event
+    assert done is not None
+    audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    return done, audio

@@ -1,0 +1,333 @@
+"""Random-weight Lyra checkpoints in the exact released layout, for tests and benchmarks.
+
+`write_test_model(folder)` writes what a download of `zszhong/Lyra_Mini_3B` holds — config.json
+with every field, sharded safetensors under the released key names, slow Qwen2 tokenizer files
+(a real byte-level BPE with the Qwen special tokens), both LoRA adapter folders with their
+`non_lora_trainables.bin`, and the unit vocoder — at sizes small enough for a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from engine.model.vocoder import write_random_vocoder
+
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+)
+TRAINING_TEXT = (
+    "You are a helpful assistant. What is in this picture? Describe the image. The cat sits on the "
+    "mat next to a red chair. Read the text on the screen, please. How many people are in the room? "
+    "The chart shows sales rising from January to June. Hello, how can I help you today? It is "
+    "sunny outside and the window is open. Can you hear me? Yes, I can see your screen and your "
+    "camera. Numbers 0 1 2 3 4 5 6 7 8 9 and punctuation , . ! ? : ; ' \" ( ) - are common. "
+)
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """Every dimension a Lyra checkpoint has; the presets below scale the real ones down."""
+
+    hidden: int = 64
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    ffn: int = 128
+    vision_width: int = 32
+    vision_depth: int = 2
+    vision_heads: int = 2
+    whisper_width: int = 64
+    whisper_layers: int = 2
+    whisper_ffn: int = 128
+    projector_hidden: int = 128
+    generator_width: int = 128
+    generator_heads: int = 4
+    generator_ffn: int = 256
+    lora_rank: int = 4
+    long_lora_rank: int = 8
+    bpe_vocab: int = 600
+
+    @property
+    def mrope_section(self) -> list[int]:
+        """Qwen2-VL's [16, 24, 24] split of head_dim / 2, scaled to this head size."""
+        half = self.hidden // self.heads // 2
+        temporal = half // 4
+        spatial = (half - temporal) // 2
+        return [temporal, half - temporal - spatial, spatial]
+
+
+SIZES = {
+    "tiny": ModelSize(),
+    # issue 3's CPU-realistic shape for the extraction benchmark
+    "bench": ModelSize(hidden=512, layers=16, heads=8, kv_heads=2, ffn=1408, generator_width=256,
+                       generator_heads=4, generator_ffn=512),
+    # Lyra-Mini's LLM : generator width ratio (1536 : 4096) at a CPU-friendly scale
+    "mini-proportions": ModelSize(hidden=384, layers=6, heads=6, kv_heads=2, ffn=1024, generator_width=1024,
+                                  generator_heads=8, generator_ffn=2752),
+}
+
+
+def lyra_config(size: ModelSize, vocab_size: int, vision: dict | None = None) -> dict:
+    """config.json as the release writes it (flat transformers-4.45 Qwen2-VL text config + Lyra)."""
+    return {
+        "_name_or_path": "Lyra_Mini_3B",
+        "architectures": ["Lyra_Qwen2VLForCausalLM_SpeechGenerator"],
+        "model_type": "Lyra_Qwen2VL_SpeechGenerator",
+        "attention_dropout": 0.0,
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "hidden_act": "silu",
+        "hidden_size": size.hidden,
+        "initializer_range": 0.02,
+        "intermediate_size": size.ffn,
+        "max_position_embeddings": 32768,
+        "max_window_layers": size.layers,
+        "num_attention_heads": size.heads,
+        "num_hidden_layers": size.layers,
+        "num_key_value_heads": size.kv_heads,
+        "rms_norm_eps": 1e-6,
+        "rope_scaling": {"type": "default", "mrope_section": size.mrope_section},
+        "rope_theta": 1000000.0,
+        "sliding_window": 32768,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.45.0",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": vocab_size,
+        "vision_config": vision or {
+            "depth": size.vision_depth, "embed_dim": size.vision_width, "mlp_ratio": 4,
+            "num_heads": size.vision_heads, "in_chans": 3, "hidden_size": size.hidden, "patch_size": 14,
+            "spatial_merge_size": 2, "spatial_patch_size": 14, "temporal_patch_size": 2,
+        },
+        "mm_vision_tower": "model_zoo/vision/Qwen2-VL-2B-Instruct-Vision",
+        "mm_speech_tower": "model_zoo/audio/whisper-large-v3-turbo",
+        "mm_projector_type": "identity",
+        "mm_speech_projector_type": "simple_mlp",
+        "mm_hidden_size": size.hidden,
+        "mm_speech_hidden_size": size.whisper_width,
+        "speech_encoder_ds_rate": 5,
+        "speech_norm": False,
+        "image_aspect_ratio": "qwen2vl",
+        "mm_use_mrope": True,
+        "mm_use_im_start_end": False,
+        "mm_use_im_patch_token": False,
+        "tune_mm_mlp_adapter": False,
+        "compress": False,
+        "compress_gap": 7,
+        "keep_rate": 1.0,
+        "generate": True,
+        "tune_speech_generator_only": True,
+        "speech_generator_type": "ctc",
+        "ctc_decoder_config": f"(2,{size.generator_width},{size.generator_heads},{size.generator_ffn})",
+        "ctc_upsample_factor": 25,
+        "ctc_loss_weight": 1.0,
+        "unit_vocab_size": 1000,
+        "tokenizer_model_max_length": 16384,
+        "tokenizer_padding_side": "right",
+    }
+
+
+def released_tensor_shapes(size: ModelSize, vocab_size: int) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the main shards, by its released name."""
+    h, f = size.hidden, size.ffn
+    head_dim = h // size.heads
+    kv = size.kv_heads * head_dim
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab_size, h)}
+    for i in range(size.layers):
+        p = f"model.layers.{i}."
+        shapes |= {
+            p + "self_attn.q_proj.weight": (h, h), p + "self_attn.q_proj.bias": (h,),
+            p + "self_attn.k_proj.weight": (kv, h), p + "self_attn.k_proj.bias": (kv,),
+            p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.v_proj.bias": (kv,),
+            p + "self_attn.o_proj.weight": (h, h),
+            p + "mlp.gate_proj.weight": (f, h), p + "mlp.up_proj.weight": (f, h), p + "mlp.down_proj.weight": (h, f),
+            p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
+        }
+    shapes |= {"model.norm.weight": (h,), "lm_head.weight": (vocab_size, h)}
+
+    v, vp = size.vision_width, "model.vision_tower.vision_tower."
+    shapes[vp + "patch_embed.proj.weight"] = (v, 3, 2, 14, 14)
+    for i in range(size.vision_depth):
+        p = f"{vp}blocks.{i}."
+        shapes |= {
+            p + "norm1.weight": (v,), p + "norm1.bias": (v,), p + "norm2.weight": (v,), p + "norm2.bias": (v,),
+            p + "attn.qkv.weight": (3 * v, v), p + "attn.qkv.bias": (3 * v,),
+            p + "attn.proj.weight": (v, v), p + "attn.proj.bias": (v,),
+            p + "mlp.fc1.weight": (4 * v, v), p + "mlp.fc1.bias": (4 * v,),
+            p + "mlp.fc2.weight": (v, 4 * v), p + "mlp.fc2.bias": (v,),
+        }
+    merged = 4 * v
+    shapes |= {vp + "merger.ln_q.weight": (v,), vp + "merger.ln_q.bias": (v,),
+               vp + "merger.mlp.0.weight": (merged, merged), vp + "merger.mlp.0.bias": (merged,),
+               vp + "merger.mlp.2.weight": (h, merged), vp + "merger.mlp.2.bias": (h,)}
+
+    w, sp = size.whisper_width, "model.speech_tower.speech_tower."
+    shapes |= {sp + "conv1.weight": (w, 128, 3), sp + "conv1.bias": (w,), sp + "conv2.weight": (w, w, 3),
+               sp + "conv2.bias": (w,), sp + "embed_positions.weight": (1500, w)}
+    for i in range(size.whisper_layers):
+        p = f"{sp}layers.{i}."
+        shapes |= {
+            p + "self_attn.k_proj.weight": (w, w),
+            p + "self_attn.v_proj.weight": (w, w), p + "self_attn.v_proj.bias": (w,),
+            p + "self_attn.q_proj.weight": (w, w), p + "self_attn.q_proj.bias": (w,),
+            p + "self_attn.out_proj.weight": (w, w), p + "self_attn.out_proj.bias": (w,),
+            p + "self_attn_layer_norm.weight": (w,), p + "self_attn_layer_norm.bias": (w,),
+            p + "fc1.weight": (size.whisper_ffn, w), p + "fc1.bias": (size.whisper_ffn,),
+            p + "fc2.weight": (w, size.whisper_ffn), p + "fc2.bias": (w,),
+            p + "final_layer_norm.weight": (w,), p + "final_layer_norm.bias": (w,),
+        }
+    shapes |= {sp + "layer_norm.weight": (w,), sp + "layer_norm.bias": (w,)}
+    shapes |= projector_shapes(size, "model.mm_speech_projector.")
+
+    g, gp = size.generator_width, "speech_generator."
+    shapes |= {gp + "input_proj.weight": (g, h), gp + "input_proj.bias": (g,)}
+    for i in range(2):
+        p = f"{gp}layers.{i}."
+        shapes |= {
+            p + "self_attn.q_proj.weight": (g, g), p + "self_attn.q_proj.bias": (g,),
+            p + "self_attn.k_proj.weight": (g, g), p + "self_attn.k_proj.bias": (g,),
+            p + "self_attn.v_proj.weight": (g, g), p + "self_attn.v_proj.bias": (g,),
+            p + "self_attn.o_proj.weight": (g, g),
+            p + "mlp.gate_proj.weight": (size.generator_ffn, g), p + "mlp.up_proj.weight": (size.generator_ffn, g),
+            p + "mlp.down_proj.weight": (g, size.generator_ffn),
+            p + "input_layernorm.weight": (g,), p + "post_attention_layernorm.weight": (g,),
+        }
+    shapes |= {gp + "output_proj.weight": (1001, g), gp + "output_proj.bias": (1001,)}
+    return shapes
+
+
+def projector_shapes(size: ModelSize, prefix: str) -> dict[str, tuple[int, ...]]:
+    stacked = size.whisper_width * 5
+    return {prefix + "linear1.weight": (size.projector_hidden, stacked), prefix + "linear1.bias": (size.projector_hidden,),
+            prefix + "linear2.weight": (size.hidden, size.projector_hidden), prefix + "linear2.bias": (size.hidden,)}
+
+
+def random_tensor(name: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Norm weights 1, biases small, matrices scaled by fan-in so activations stay O(1)."""
+    if name.endswith(("norm.weight", "norm1.weight", "norm2.weight", "ln_q.weight")) or "layernorm" in name \
+            or "layer_norm.weight" in name:
+        return torch.ones(shape)
+    if len(shape) == 1:
+        return torch.randn(shape, generator=generator) * 0.02
+    fan_in = math.prod(shape[1:])
+    scale = 1.0 if "embed" in name else 1.0 / math.sqrt(fan_in)
+    return torch.randn(shape, generator=generator) * scale
+
+
+def write_tokenizer(folder: Path, vocab_size: int) -> int:
+    """Train a byte-level BPE like Qwen2's and write the slow-tokenizer files; returns its length."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    bpe.train_from_iterator([TRAINING_TEXT] * 4, trainer=trainer)
+    model = json.loads(bpe.to_str())["model"]
+    vocab: dict[str, int] = model["vocab"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+
+    added = {token: len(vocab) + i for i, token in enumerate(QWEN_SPECIAL_TOKENS)}
+    (folder / "added_tokens.json").write_text(json.dumps(added, indent=2), encoding="utf-8")
+    decoder = {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                        "single_word": False, "special": True} for t, i in added.items()}
+    tokenizer_config = {
+        "add_prefix_space": False, "added_tokens_decoder": decoder,
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>"], "bos_token": None,
+        "chat_template": None, "clean_up_tokenization_spaces": False, "eos_token": "<|im_end|>",
+        "errors": "replace", "model_max_length": 16384, "pad_token": "<|endoftext|>", "padding_side": "right",
+        "split_special_tokens": False, "tokenizer_class": "Qwen2Tokenizer", "unk_token": None,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2), encoding="utf-8")
+    special = {"additional_special_tokens": ["<|im_start|>", "<|im_end|>"], "eos_token": "<|im_end|>",
+               "pad_token": "<|endoftext|>"}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2), encoding="utf-8")
+    return len(vocab) + len(QWEN_SPECIAL_TOKENS)
+
+
+def write_adapter(folder: Path, size: ModelSize, config: dict, rank: int, alpha: float,
+                  generator: torch.Generator) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text(json.dumps({
+        "alpha_pattern": {}, "auto_mapping": None, "base_model_name_or_path": "Lyra_Mini_3B", "bias": "none",
+        "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True, "layers_pattern": None,
+        "layers_to_transform": None, "lora_alpha": alpha, "lora_dropout": 0.05, "modules_to_save": None,
+        "peft_type": "LORA", "r": rank, "rank_pattern": {}, "revision": None,
+        "target_modules": list(LORA_MODULES), "task_type": "CAUSAL_LM", "use_dora": False, "use_rslora": False,
+    }, indent=2), encoding="utf-8")
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "Lyra_Qwen2VL"}, indent=2),
+                                        encoding="utf-8")
+    shapes = released_tensor_shapes(size, config["vocab_size"])
+    lora = {}
+    for name, shape in shapes.items():
+        module = name.removesuffix(".weight").rsplit(".", 1)[-1]
+        if name.startswith("model.layers.") and name.endswith(".weight") and module in LORA_MODULES:
+            out_features, in_features = shape
+            base = "base_model.model." + name.removesuffix(".weight")
+            lora[base + ".lora_A.weight"] = torch.randn(rank, in_features, generator=generator) / math.sqrt(in_features)
+            lora[base + ".lora_B.weight"] = torch.randn(out_features, rank, generator=generator) * 0.05
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in lora.items()}, folder / "adapter_model.safetensors",
+              metadata={"format": "pt"})
+    projector = {"model." + name: random_tensor(name, shape, generator).to(torch.bfloat16)
+                 for name, shape in projector_shapes(size, "model.mm_speech_projector.").items()}
+    torch.save(projector, folder / "non_lora_trainables.bin")
+
+
+def calibrate_blank_bias(tensors: dict[str, torch.Tensor], size: ModelSize) -> None:
+    """Make blank win most CTC frames, as in a trained generator (a few units per token, not 25)."""
+    from engine.model.speech_generator import CTCSpeechGenerator
+
+    generator = CTCSpeechGenerator(size.hidden, layers=2, width=size.generator_width,
+                                   heads=size.generator_heads, ffn=size.generator_ffn)
+    prefix = "speech_generator."
+    generator.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    with torch.inference_mode():
+        logits = generator(torch.randn(8, size.hidden, generator=torch.Generator().manual_seed(1)))
+    units = logits[:, :1000]
+    # the per-frame maximum of ~1000 unit logits sits near mean + 3.2 std; a little above it
+    # leaves roughly one frame in six non-blank
+    tensors[prefix + "output_proj.bias"][1000] += units.max(-1).values.quantile(0.85) - logits[:, 1000].mean()
+
+
+def write_test_model(folder: Path, size: str | ModelSize = "tiny", seed: int = 0) -> Path:
+    """Write a complete random-weight Lyra checkpoint into `folder` and return it."""
+    dims = SIZES[size] if isinstance(size, str) else size
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    tokens = write_tokenizer(folder, dims.bpe_vocab)
+    vocab_size = 64 * math.ceil(tokens / 64)  # padded like Qwen's 151936
+    config = lyra_config(dims, vocab_size)
+    (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+    tensors = {name: random_tensor(name, shape, generator)
+               for name, shape in released_tensor_shapes(dims, vocab_size).items()}
+    calibrate_blank_bias(tensors, dims)
+    names = list(tensors)
+    half = len(names) // 2
+    weight_map = {}
+    for number, part in enumerate((names[:half], names[half:]), start=1):
+        shard = f"model-{number:05d}-of-00002.safetensors"
+        save_file({n: tensors[n].to(torch.bfloat16).contiguous() for n in part}, folder / shard,
+                  metadata={"format": "pt"})
+        weight_map |= dict.fromkeys(part, shard)
+    total = sum(t.numel() * 2 for t in tensors.values())
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2), encoding="utf-8")
+
+    write_adapter(folder / "speech_lora", dims, config, dims.lora_rank, dims.lora_rank / 4, generator)
+    write_adapter(folder / "long_speech_lora", dims, config, dims.long_lora_rank, dims.long_lora_rank * 2,
+                  generator)
+    write_random_vocoder(folder / "vocoder", small=True, seed=seed)
+    return folder
