@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -30,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # a bug: still one line for the user, details on request
+        if os.environ.get("OMNIVOX_DEBUG"):
+            raise
+        print(f"error: internal failure ({type(err).__name__}: {err}); rerun with OMNIVOX_DEBUG=1 "
+              "for details and please report it.", file=sys.stderr)
+        return 70
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ REQUIRED_TEXT_FIELDS = (
     "num_key_value_heads",
     "intermediate_size",
     "vocab_size",
-    "rope_scaling",
 )
 REQUIRED_LYRA_FIELDS = (
     "mm_speech_hidden_size",
@@ -96,7 +95,9 @@ class LyraConfig:
         def text_field(name: str, default: Any = None) -> Any:
             return text_raw.get(name, raw.get(name, default))
 
-        rope = text_field("rope_scaling") or text_field("rope_parameters") or {}
+        rope = text_field("rope_scaling") or text_field("rope_parameters")  # renamed in transformers >= 4.52
+        if not rope:
+            raise OmnivoxError(f"{source}: missing field rope_scaling; re-download the model.")
         rope_type = rope.get("type", rope.get("rope_type", "default"))
         if rope_type not in ("default", "mrope") or "mrope_section" not in rope:
             raise OmnivoxError(f"{source}: rope_scaling {rope} is not Qwen2-VL M-RoPE; unsupported model.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,8 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
+from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 
 from engine import checkpoint
 from engine.checkpoint import CheckpointFiles, LoadReport, TensorInfo
@@ -93,7 +95,8 @@ def speech_encoder_dims(index: dict[str, TensorInfo], projector: dict[str, torch
             raise OmnivoxError(f"weights: missing tensor {SPEECH_TOWER + name}; re-download the model.")
         return info.shape
 
-    layers = {name.split(".")[3] for name in index if name.startswith(SPEECH_TOWER + "layers.")}
+    layer_prefix = SPEECH_TOWER + "layers."
+    layers = {name[len(layer_prefix):].split(".")[0] for name in index if name.startswith(layer_prefix)}
     width, n_mels, _ = shape("conv1.weight")
     return SpeechEncoderDims(
         n_mels=n_mels,
@@ -135,10 +138,10 @@ def load_weights(model: LyraModel, files: CheckpointFiles, index: dict[str, Tens
     for released, tensor in checkpoint.iter_tensors(files, list(wanted), index):
         target = wanted[released]
         module_name, leaf = target.rsplit(".", 1)
-        if precision.quantized and is_quantized_linear(module_name):
+        linear = model.get_submodule(module_name)
+        if precision.quantized and is_quantized_linear(module_name, getattr(linear, "in_features", 0)):
             parts = pending.setdefault(module_name, {})
             parts[leaf] = tensor
-            linear = model.get_submodule(module_name)
             if "weight" in parts and ("bias" in parts or linear.bias is None):
                 replace_module(model, module_name, quantized_linear(parts["weight"], parts.get("bias"), precision))
                 del pending[module_name]
@@ -180,7 +183,9 @@ def load_adapters(model: LyraModel, files: CheckpointFiles, precision: Precision
         settings = checkpoint.adapter_config(folder)
         lora = LoraConfig(r=settings["r"], lora_alpha=settings["lora_alpha"], lora_dropout=0.0,
                           target_modules=LORA_TARGETS, bias="none")
-        inject_adapter_in_model(lora, model.llm, adapter_name=name)
+        with warnings.catch_warnings():  # peft warns that a second adapter joins the first: intended
+            warnings.simplefilter("ignore", UserWarning)
+            inject_adapter_in_model(lora, model.llm, adapter_name=name)
         weights, unknown = checkpoint.adapter_weights(folder)
         report.unexpected += [f"{folder.name}/{key}" for key in unknown]
         params = dict(model.llm.named_parameters())
@@ -211,7 +216,7 @@ def select_adapter(model: LyraModel, name: str | None) -> None:
 
 def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        return Qwen2Tokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, KeyError) as err:
         raise OmnivoxError(f"{folder}: the tokenizer files cannot be read ({err}); re-download the model.") from err
 

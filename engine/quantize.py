@@ -68,8 +68,12 @@ class Precision:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def is_quantized_linear(name: str) -> bool:
-    return QUANTIZED_LINEAR.match(name) is not None
+NF4_BLOCK = 64  # bitsandbytes quantizes rows in blocks of 64 inputs
+
+
+def is_quantized_linear(name: str, in_features: int) -> bool:
+    """True for block matrices whose input width bitsandbytes can split into whole blocks."""
+    return QUANTIZED_LINEAR.match(name) is not None and in_features % NF4_BLOCK == 0
 
 
 def quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None, precision: Precision) -> nn.Module:

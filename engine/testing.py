@@ -43,7 +43,7 @@ class ModelSize:
     heads: int = 4
     kv_heads: int = 2
     ffn: int = 128
-    vision_width: int = 32
+    vision_width: int = 64  # bitsandbytes' CPU kernels need in-features in multiples of 64
     vision_depth: int = 2
     vision_heads: int = 2
     whisper_width: int = 64

@@ -1,0 +1,73 @@
+import bitsandbytes as bnb
+import pytest
+import torch
+
+from engine.errors import OmnivoxError
+from engine.prompt import chat_text, mrope_positions, split_prompt
+from engine.quantize import Precision, count_quantized, is_quantized_linear, weight_bytes
+
+
+def first_logits(lyra, text: str) -> torch.Tensor:
+    """Logits for the next token after a text-only prompt, through the engine's own layer loop."""
+    from transformers.cache_utils import DynamicCache
+
+    model = lyra.model
+    pieces = split_prompt(lyra.tokenizer, chat_text(text, first_turn=True))
+    ids = torch.tensor([i for piece in pieces for i in piece.token_ids])
+    positions, _ = mrope_positions(pieces, 0)
+    with torch.inference_mode():
+        hidden = model.embed_tokens(ids)[None].to(model.dtype)
+        rotary = model.rotary(hidden, positions)
+        cache = DynamicCache()
+        for index in range(len(model.llm.layers)):
+            hidden = model.run_layer(index, hidden, rotary, cache)
+        return model.logits(model.final_norm(hidden[:, -1]))[0]
+
+
+def test_nf4_puts_every_block_linear_in_bitsandbytes_4bit(lyra_nf4) -> None:
+    model = lyra_nf4.model
+    q_proj = model.llm.layers[0].self_attn.q_proj
+    assert isinstance(q_proj.base_layer, bnb.nn.Linear4bit)  # under the LoRA wrapper
+    assert q_proj.base_layer.weight.quant_type == "nf4"
+    assert isinstance(model.vision_tower.blocks[0].attn.qkv, bnb.nn.Linear4bit)
+    assert isinstance(model.speech_tower.layers[0].fc1, bnb.nn.Linear4bit)
+    assert isinstance(model.speech_generator.layers[0].mlp.down_proj, bnb.nn.Linear4bit)
+    # 4 LLM layers × 7 + 2 ViT blocks × 4 + 2 Whisper layers × 6 + 2 generator layers × 7
+    assert count_quantized(model) == 62
+    # embeddings, lm_head, projectors and the vocoder stay unquantized
+    assert type(model.lm_head) is torch.nn.Linear
+    assert type(model.speech_projectors["speech"].linear1) is torch.nn.Linear
+
+
+def test_nf4_logits_stay_close_to_fp32(lyra_fp32, lyra_nf4) -> None:
+    reference = first_logits(lyra_fp32, "Describe the picture, please.")
+    quantized = first_logits(lyra_nf4, "Describe the picture, please.")
+    relative_error = (quantized - reference).norm() / reference.norm()
+    assert relative_error < 0.2
+    assert torch.nn.functional.cosine_similarity(quantized, reference, dim=0) > 0.98
+
+
+def test_nf4_weights_take_much_less_memory(lyra_fp32, lyra_nf4) -> None:
+    fp32 = sum(p.numel() * 4 for n, p in lyra_fp32.model.named_parameters()
+               if "layers." in n and "lora" not in n and n.endswith("proj.weight"))
+    saved = weight_bytes(lyra_fp32.model) - weight_bytes(lyra_nf4.model)
+    assert saved > 0.7 * fp32  # block matrices shrink ~7× from fp32
+
+
+def test_only_block_matrices_with_whole_nf4_blocks_are_quantized() -> None:
+    assert is_quantized_linear("llm.layers.3.mlp.down_proj", 128)
+    assert is_quantized_linear("vision_tower.blocks.0.attn.qkv", 64)
+    assert not is_quantized_linear("lm_head", 64)
+    assert not is_quantized_linear("speech_generator.input_proj", 64)
+    assert not is_quantized_linear("llm.layers.3.mlp.down_proj", 96)
+
+
+def test_precision_choices_and_errors() -> None:
+    assert Precision.parse(None, "cpu").mode == "fp32"
+    assert Precision.parse("nf4", "cpu").dtype == torch.float32
+    assert Precision.parse("bf16", "cpu").dtype == torch.bfloat16
+    with pytest.raises(OmnivoxError, match="unknown precision"):
+        Precision.parse("int3", "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(OmnivoxError, match="no CUDA GPU"):
+            Precision.parse("nf4", "cuda")

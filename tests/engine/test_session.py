@@ -1,0 +1,117 @@
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.errors import OmnivoxError
+from engine.events import AudioChunk, TextDelta, TurnDone
+from engine.media import SAMPLE_RATE, speech_from_pcm
+from engine.session import Session, TurnRequest, adapter_for, collect
+from tests.signals import tone
+
+
+def speech(seconds: float):
+    return speech_from_pcm(tone(seconds), SAMPLE_RATE)
+
+
+def test_adapter_follows_audio_length() -> None:
+    assert adapter_for(None) is None
+    assert adapter_for(speech(30.0)) == "speech"
+    assert adapter_for(speech(30.01)) == "long_speech"
+
+
+def test_spoken_turn_uses_speech_adapter_and_yields_text_then_done(lyra_fp32) -> None:
+    events = list(Session(lyra_fp32).respond(TurnRequest(speech=speech(2.0), max_new_tokens=6)))
+    assert isinstance(events[-1], TurnDone) and not any(isinstance(e, TurnDone) for e in events[:-1])
+    done = events[-1]
+    assert done.adapter == "speech"
+    assert done.tokens["speech"] == 300 and done.tokens["generated"] == 6
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == done.text
+    audio = [e for e in events if isinstance(e, AudioChunk)]
+    assert done.audio_seconds == pytest.approx(sum(len(a.pcm) for a in audio) / SAMPLE_RATE)
+    assert set(done.timings_ms) >= {"encode", "prefill", "first_text", "total"}
+
+
+def test_long_speech_turn_uses_long_adapter_and_two_clips(lyra_fp32) -> None:
+    done, _ = collect(Session(lyra_fp32).respond(TurnRequest(speech=speech(30.01), max_new_tokens=2)))
+    assert done.adapter == "long_speech" and done.tokens["speech"] == 600
+
+
+def test_each_adapter_has_its_own_projector_and_lora(lyra_fp32) -> None:
+    from engine.loading import select_adapter
+    from engine.media import speech_features
+
+    model = lyra_fp32.model
+    mel = speech_features(speech(1.0))
+    short = model.encode_speech(mel, "speech")
+    long = model.encode_speech(mel, "long_speech")
+    assert short.shape == long.shape == (300, 64)
+    assert not np.allclose(short.detach().numpy(), long.detach().numpy())
+    select_adapter(model, "speech")
+    active = {m.active_adapter[0] for m in model.llm.modules() if hasattr(m, "lora_A")}
+    assert active == {"speech"}
+    select_adapter(model, None)
+
+
+def test_text_and_image_turn_has_no_adapter(lyra_fp32) -> None:
+    image = Image.new("RGB", (100, 70), (20, 200, 90))
+    done, _ = collect(Session(lyra_fp32).respond(
+        TurnRequest(image=image, text="What colour is this?", max_new_tokens=3)))
+    assert done.adapter is None and done.tokens["image"] > 0
+
+
+def test_silent_and_clipped_speech_are_answered(lyra_fp32) -> None:
+    for samples in (np.zeros(16000, dtype=np.float32), np.full(16000, 3.0, dtype=np.float32)):
+        done, _ = collect(Session(lyra_fp32).respond(
+            TurnRequest(speech=speech_from_pcm(samples, SAMPLE_RATE), max_new_tokens=2)))
+        assert done.tokens["generated"] >= 0 and not done.cancelled
+
+
+def first_reply_logits(lyra, session: Session, text: str) -> tuple[TurnDone, np.ndarray]:
+    """Run a text turn and capture the logits that chose its first token."""
+    captured = []
+    hook = lyra.model.lm_head.register_forward_hook(lambda module, args, out: captured.append(out.clone()))
+    try:
+        done, _ = collect(session.respond(TurnRequest(text=text, max_new_tokens=4, speak=False)))
+    finally:
+        hook.remove()
+    return done, captured[0].float().numpy()
+
+
+def test_second_turn_sees_the_first(lyra_fp32) -> None:
+    session = Session(lyra_fp32)
+    first, _ = collect(session.respond(TurnRequest(text="My name is Ada.", max_new_tokens=4, speak=False)))
+    after_first = session.cached_tokens
+    assert after_first == first.tokens["prompt"] + first.tokens["generated"]
+    second, second_logits = first_reply_logits(lyra_fp32, session, "What is my name?")
+    assert session.cached_tokens == after_first + second.tokens["prompt"] + second.tokens["generated"]
+
+    fresh, fresh_logits = first_reply_logits(lyra_fp32, Session(lyra_fp32), "What is my name?")
+    assert second.tokens["prompt"] < fresh.tokens["prompt"]  # no second system prompt
+    assert not np.allclose(second_logits, fresh_logits, atol=1e-3)  # the answer depends on the first turn
+
+    session.reset()
+    again, again_logits = first_reply_logits(lyra_fp32, session, "What is my name?")
+    assert again.text == fresh.text and np.allclose(again_logits, fresh_logits, atol=1e-5)
+
+
+def test_cancel_before_the_first_token_stops_at_once(lyra_fp32) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    done, audio = collect(Session(lyra_fp32).respond(TurnRequest(text="Hello", max_new_tokens=50), cancel))
+    assert done.cancelled and done.tokens["generated"] <= 1 and audio.size == 0
+
+
+def test_empty_requests_are_refused(lyra_fp32) -> None:
+    session = Session(lyra_fp32)
+    with pytest.raises(OmnivoxError, match="nothing to answer"):
+        list(session.respond(TurnRequest(text="  ")))
+    with pytest.raises(OmnivoxError, match="needs a question"):
+        list(session.respond(TurnRequest(image=Image.new("RGB", (50, 50)))))
+
+
+def test_a_conversation_longer_than_the_context_is_refused(lyra_fp32) -> None:
+    session = Session(lyra_fp32)
+    with pytest.raises(OmnivoxError, match="start a new conversation"):
+        list(session.respond(TurnRequest(text="hi", max_new_tokens=20000)))
