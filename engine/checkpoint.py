@@ -114,7 +114,7 @@ def read_index(files: CheckpointFiles) -> dict[str, TensorInfo]:
     tensors: dict[str, TensorInfo] = {}
     for shard in files.shards:
         with open_safetensors(shard) as handle:
-            for name in handle.keys():
+            for name in handle.keys():  # noqa: SIM118 - a safetensors handle, not a dict
                 shape = tuple(handle.get_slice(name).get_shape())
                 tensors[name] = TensorInfo(shard, name, shape)
     return tensors
@@ -199,7 +199,7 @@ def adapter_weights(folder: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     path = folder / "adapter_model.safetensors"
     weights, unknown = {}, []
     with open_safetensors(path) as handle:
-        for name in handle.keys():
+        for name in handle.keys():  # noqa: SIM118 - a safetensors handle, not a dict
             match = LORA_KEY.match(name)
             if match:
                 weights[match.group(1)] = handle.get_tensor(name)

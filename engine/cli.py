@@ -52,10 +52,10 @@ def run_ask(args: argparse.Namespace) -> int:
     speech = read_speech(args.audio, args.max_audio_seconds) if args.audio else None
     image = open_image(args.image) if args.image else None
 
+    from engine.events import AudioChunk, TextDelta, TurnDone
     from engine.loading import load_lyra  # torch and transformers load here, not at start-up
     from engine.quantize import Precision, count_quantized, weight_bytes
     from engine.session import Session, TurnRequest
-    from engine.events import AudioChunk, TextDelta, TurnDone
 
     precision = Precision.parse(args.quant, args.device)
     started = time.perf_counter()
@@ -90,8 +90,7 @@ def run_ask(args: argparse.Namespace) -> int:
             "quantization": {
                 "mode": precision.mode,
                 "device": str(precision.device),
-                "linear4bit_modules": count_quantized(lyra.model) if precision.mode == "nf4" else 0,
-                "linear8bit_modules": count_quantized(lyra.model) if precision.mode == "int8" else 0,
+                **count_quantized(lyra.model),
                 "weight_bytes": weight_bytes(lyra.model),
             },
             "adapter": done.adapter,

@@ -27,7 +27,7 @@ from engine.config import LyraConfig
 from engine.errors import OmnivoxError
 from engine.model.lyra import ADAPTERS, LyraModel, SpeechEncoderDims
 from engine.model.vocoder import UnitVocoder, load_vocoder
-from engine.quantize import Precision, is_quantized_linear, quantized_linear
+from engine.quantize import Precision, quantized_linear, storage_format
 
 LORA_TARGETS = r"layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)"
 SPEECH_TOWER = "model.speech_tower.speech_tower."
@@ -139,11 +139,13 @@ def load_weights(model: LyraModel, files: CheckpointFiles, index: dict[str, Tens
         target = wanted[released]
         module_name, leaf = target.rsplit(".", 1)
         linear = model.get_submodule(module_name)
-        if precision.quantized and is_quantized_linear(module_name, getattr(linear, "in_features", 0)):
+        fmt = storage_format(module_name, getattr(linear, "in_features", 0), precision.mode)
+        if fmt is not None:
             parts = pending.setdefault(module_name, {})
             parts[leaf] = tensor
             if "weight" in parts and ("bias" in parts or linear.bias is None):
-                replace_module(model, module_name, quantized_linear(parts["weight"], parts.get("bias"), precision))
+                quantized = quantized_linear(parts["weight"], parts.get("bias"), fmt, precision)
+                replace_module(model, module_name, quantized)
                 del pending[module_name]
         else:
             set_parameter(model, target, tensor.to(precision.device, precision.dtype))

@@ -2,10 +2,11 @@
 
 In `nf4` and `int8` the large matrices of every transformer block — the LLM's attention and MLP,
 the ViT blocks, the Whisper layers and the CTC generator's layers — become bitsandbytes
-`Linear4bit` / `Linear8bitLt`. Everything else stays in half precision on CUDA: embeddings and
-lm_head (a single row per token, quantizing them costs quality for little memory at decode),
-norms, convolutions, the ViT patch merger, the speech projectors and the vocoder (small, and
-their errors are audible or compound through the whole sequence).
+`Linear4bit` / `Linear8bitLt`. In `nf4` an untied lm_head (1.1 GB in Lyra-Base) becomes
+LLM.int8 (outlier columns stay in fp16, so the logits barely move); that is what brings Base
+under 6.5 GB. Everything else stays in half precision on CUDA: the embedding table (a lookup,
+no matmul), norms, convolutions, the ViT patch merger, the speech projectors and the vocoder
+(small, and their errors are audible or compound through the whole sequence).
 """
 
 from __future__ import annotations
@@ -76,12 +77,21 @@ def is_quantized_linear(name: str, in_features: int) -> bool:
     return QUANTIZED_LINEAR.match(name) is not None and in_features % NF4_BLOCK == 0
 
 
-def quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None, precision: Precision) -> nn.Module:
+def storage_format(name: str, in_features: int, mode: str) -> str | None:
+    """"nf4" or "int8" for a Linear the loader should quantize in this precision mode, else None."""
+    if mode in ("nf4", "int8") and is_quantized_linear(name, in_features):
+        return mode
+    if mode == "nf4" and name == "lm_head":
+        return "int8"
+    return None
+
+
+def quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None, fmt: str, precision: Precision) -> nn.Module:
     """A bitsandbytes layer holding `weight`, quantized on its way to the target device."""
     import bitsandbytes as bnb  # imported late: it probes the GPU at import time
 
     out_features, in_features = weight.shape
-    if precision.mode == "nf4":
+    if fmt == "nf4":
         layer = bnb.nn.Linear4bit(
             in_features, out_features, bias=bias is not None, compute_dtype=precision.dtype,
             compress_statistics=True, quant_type="nf4", device="meta",
@@ -100,10 +110,14 @@ def quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None, precision:
     return layer.to(precision.device)
 
 
-def count_quantized(model: nn.Module) -> int:
+def count_quantized(model: nn.Module) -> dict[str, int]:
+    """How many bitsandbytes layers of each kind the model holds."""
     import bitsandbytes as bnb
 
-    return sum(isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)) for m in model.modules())
+    return {
+        "linear4bit_modules": sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()),
+        "linear8bit_modules": sum(isinstance(m, bnb.nn.Linear8bitLt) for m in model.modules()),
+    }
 
 
 def weight_bytes(model: nn.Module) -> int:

@@ -77,7 +77,7 @@ SIZES = {
 }
 
 
-def lyra_config(size: ModelSize, vocab_size: int, vision: dict | None = None) -> dict:
+def lyra_config(size: ModelSize, vocab_size: int, tie_word_embeddings: bool = False) -> dict:
     """config.json as the release writes it (flat transformers-4.45 Qwen2-VL text config + Lyra)."""
     return {
         "_name_or_path": "Lyra_Mini_3B",
@@ -99,13 +99,13 @@ def lyra_config(size: ModelSize, vocab_size: int, vision: dict | None = None) ->
         "rope_scaling": {"type": "default", "mrope_section": size.mrope_section},
         "rope_theta": 1000000.0,
         "sliding_window": 32768,
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": tie_word_embeddings,
         "torch_dtype": "bfloat16",
         "transformers_version": "4.45.0",
         "use_cache": True,
         "use_sliding_window": False,
         "vocab_size": vocab_size,
-        "vision_config": vision or {
+        "vision_config": {
             "depth": size.vision_depth, "embed_dim": size.vision_width, "mlp_ratio": 4,
             "num_heads": size.vision_heads, "in_chans": 3, "hidden_size": size.hidden, "patch_size": 14,
             "spatial_merge_size": 2, "spatial_patch_size": 14, "temporal_patch_size": 2,
@@ -209,8 +209,9 @@ def released_tensor_shapes(size: ModelSize, vocab_size: int) -> dict[str, tuple[
 
 def projector_shapes(size: ModelSize, prefix: str) -> dict[str, tuple[int, ...]]:
     stacked = size.whisper_width * 5
-    return {prefix + "linear1.weight": (size.projector_hidden, stacked), prefix + "linear1.bias": (size.projector_hidden,),
-            prefix + "linear2.weight": (size.hidden, size.projector_hidden), prefix + "linear2.bias": (size.hidden,)}
+    hidden = size.projector_hidden
+    return {prefix + "linear1.weight": (hidden, stacked), prefix + "linear1.bias": (hidden,),
+            prefix + "linear2.weight": (size.hidden, hidden), prefix + "linear2.bias": (size.hidden,)}
 
 
 def random_tensor(name: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:

@@ -163,7 +163,7 @@ class LyraModel(nn.Module):
         return self.llm.norm(hidden)
 
     def logits(self, normed_hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(normed_hidden.to(self.lm_head.weight.dtype)).float()
+        return self.lm_head(normed_hidden.to(self.dtype)).float()
 
 
 def causal_mask(length: int, past: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -33,6 +33,7 @@ def test_ask_json_in_nf4(test_model: Path, speech_wav: Path, image_png: Path, tm
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["quantization"]["mode"] == "nf4" and summary["quantization"]["linear4bit_modules"] == 62
+    assert summary["quantization"]["linear8bit_modules"] == 1  # lm_head
     assert summary["tokens"]["generated"] == 8 and (summary["tokens"]["image"] == 24) == ("image" in inputs)
     assert summary["adapter"] == ("speech" if "audio" in inputs else None)
     assert set(summary["timings_ms"]) >= {"encode", "prefill", "first_text", "total"}
