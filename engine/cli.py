@@ -33,6 +33,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     ask.add_argument("--max-new-tokens", type=int, default=256)
     ask.add_argument("--max-image-side", type=int, default=DEFAULT_MAX_IMAGE_SIDE)
     ask.add_argument("--max-audio-seconds", type=float, default=DEFAULT_MAX_SPEECH_SECONDS)
+    ask.add_argument("--extract-blocks", default="4",
+                     help="token extraction: number of layer blocks (default 4), or 'off'")
+    ask.add_argument("--keep-rate", type=float, default=0.7,
+                     help="share of media tokens kept at each block boundary, in (0, 1] (default 0.7)")
+    ask.add_argument("--attention", default="sdpa", choices=("sdpa", "eager", "flash_attention_2"),
+                     help="attention kernel (flash_attention_2 needs CUDA and the flash-attn package)")
     ask.add_argument("--json", action="store_true", help="print one JSON summary (text streams to stderr)")
     ask.set_defaults(run=run_ask)
 
@@ -51,6 +57,7 @@ def run_ask(args: argparse.Namespace) -> int:
         raise OmnivoxError(f"{args.out.parent}: no such folder for --out.")
     speech = read_speech(args.audio, args.max_audio_seconds) if args.audio else None
     image = open_image(args.image) if args.image else None
+    settings = extraction_settings(args.extract_blocks, args.keep_rate)
 
     from engine.events import AudioChunk, TextDelta, TurnDone
     from engine.loading import load_lyra  # torch and transformers load here, not at start-up
@@ -59,9 +66,9 @@ def run_ask(args: argparse.Namespace) -> int:
 
     precision = Precision.parse(args.quant, args.device)
     started = time.perf_counter()
-    lyra = load_lyra(args.model, precision, args.vocoder)
+    lyra = load_lyra(args.model, precision, args.vocoder, attn_implementation=args.attention)
     load_ms = round((time.perf_counter() - started) * 1000, 1)
-    session = Session(lyra, max_image_side=args.max_image_side)
+    session = Session(lyra, max_image_side=args.max_image_side, extraction=settings)
     request = TurnRequest(speech=speech, image=image, text=args.text, max_new_tokens=args.max_new_tokens,
                           speak=args.out is not None or args.json)
     stream = sys.stderr if args.json else sys.stdout
@@ -98,6 +105,20 @@ def run_ask(args: argparse.Namespace) -> int:
         }
         print(json.dumps(summary))
     return 0
+
+
+def extraction_settings(blocks: str, keep_rate: float):  # noqa: ANN201 - ExtractionSettings | None
+    from engine.extraction import ExtractionSettings
+
+    if blocks == "off":
+        return None
+    try:
+        count = int(blocks)
+    except ValueError:
+        raise OmnivoxError(f"--extract-blocks takes a whole number or 'off', got {blocks!r}.") from None
+    settings = ExtractionSettings(blocks=count, keep_rate=keep_rate)
+    settings.validate(10**6)  # the model's own layer count is checked when the session starts
+    return settings
 
 
 def write_wav_atomically(path: Path, audio: np.ndarray) -> None:

@@ -8,6 +8,7 @@ cast or quantized, and put in place — so peak memory stays near the final mode
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import warnings
 from collections.abc import Iterator
@@ -52,6 +53,7 @@ def load_lyra(
     vocoder: Path | None = None,
     attn_implementation: str = "sdpa",
 ) -> LoadedLyra:
+    check_attention(attn_implementation, precision)
     files = checkpoint.locate(folder, vocoder)
     config = LyraConfig.from_file(files.config)
     index = checkpoint.read_index(files)
@@ -69,6 +71,15 @@ def load_lyra(
     tokenizer = load_tokenizer(folder)
     unit_vocoder = load_vocoder_checked(files, precision)
     return LoadedLyra(model, tokenizer, unit_vocoder, config, precision, report, folder)
+
+
+def check_attention(attn_implementation: str, precision: Precision) -> None:
+    if attn_implementation in ("sdpa", "eager"):
+        return
+    if attn_implementation != "flash_attention_2":
+        raise OmnivoxError(f"unknown attention {attn_implementation!r}; choose sdpa, eager or flash_attention_2.")
+    if precision.device.type != "cuda" or importlib.util.find_spec("flash_attn") is None:
+        raise OmnivoxError("flash_attention_2 needs a CUDA GPU and the flash-attn package; use sdpa.")
 
 
 @contextlib.contextmanager

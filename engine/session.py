@@ -17,14 +17,17 @@ import torch
 from PIL import Image
 from transformers.cache_utils import DynamicCache
 
+from engine import extraction
 from engine.errors import OmnivoxError
 from engine.events import AudioChunk, Event, TextDelta, TurnDone
+from engine.extraction import ExtractionSettings
 from engine.loading import LoadedLyra, select_adapter
 from engine.media import DEFAULT_MAX_IMAGE_SIDE, Speech, prepare_image, speech_features
 from engine.prompt import Piece, chat_text, end_token_ids, mrope_positions, split_prompt, user_content
 from engine.speech_out import SpeechOutput
 
 DEFAULT_MAX_NEW_TOKENS = 256
+DEFAULT_EXTRACTION = ExtractionSettings(blocks=4, keep_rate=0.7)  # see README "Token extraction"
 TURN_END = "<|im_end|>\n"  # closes the assistant's reply in the cache before the next turn
 
 
@@ -53,9 +56,17 @@ def adapter_for(speech: Speech | None) -> str | None:
 
 
 class Session:
-    def __init__(self, lyra: LoadedLyra, max_image_side: int = DEFAULT_MAX_IMAGE_SIDE) -> None:
+    def __init__(
+        self,
+        lyra: LoadedLyra,
+        max_image_side: int = DEFAULT_MAX_IMAGE_SIDE,
+        extraction: ExtractionSettings | None = DEFAULT_EXTRACTION,
+    ) -> None:
+        if extraction is not None:
+            extraction.validate(lyra.config.text.num_layers)
         self.lyra = lyra
         self.max_image_side = max_image_side
+        self.extraction = extraction
         self.end_ids = end_token_ids(lyra.tokenizer)
         self.reset()
 
@@ -100,10 +111,12 @@ class Session:
         pieces = split_prompt(self.lyra.tokenizer, prompt, image_grid, speech_tokens)
         embeds = self.embed_pieces(pieces, media)
         positions, self.next_position = mrope_positions(pieces, self.next_position)
+        media_mask = torch.tensor([piece.is_media for piece in pieces for _ in range(piece.length)])
         self.check_length(embeds.shape[0] + request.max_new_tokens)
         self.turns += 1
 
-        hidden = self.forward(embeds, positions)
+        hidden, kept = self.forward(embeds, positions, media_mask, self.extraction)
+        kv_tokens = extraction.kv_cache_tokens(self.cache)
         mark("prefill")
         speech_out = SpeechOutput(model.speech_generator, self.lyra.vocoder) if request.speak else None
         generated: list[int] = []
@@ -129,7 +142,7 @@ class Session:
                 break
             position = torch.full((3, 1), self.next_position, dtype=torch.long)
             self.next_position += 1
-            hidden = self.forward(model.embed_tokens(torch.tensor([token])), position)
+            hidden, _ = self.forward(model.embed_tokens(torch.tensor([token])), position)
             if len(generated) >= request.max_new_tokens or cancel.is_set():
                 cancelled = cancel.is_set()
                 break
@@ -150,6 +163,9 @@ class Session:
                 "image": int(media["image"].shape[0]) if "image" in media else 0,
                 "generated": len(generated),
                 "units": speech_out.unit_count if speech_out else 0,
+                "media_in": kept.media_in,
+                "media_kept_per_block": kept.media_kept_per_block,
+                "kv_cache_tokens": kv_tokens,
             },
             adapter=adapter,
             cancelled=cancelled,
@@ -163,14 +179,20 @@ class Session:
         ]
         return torch.cat(parts, dim=0)
 
-    def forward(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        media_mask: torch.Tensor | None = None,
+        settings: ExtractionSettings | None = None,
+    ) -> tuple[torch.Tensor, extraction.ExtractionStats]:
         """Run new positions through every layer; returns the last position's normed hidden (1, 1, H)."""
         model = self.lyra.model
-        hidden = embeds[None].to(model.dtype)
-        rotary = model.rotary(hidden, positions)
-        for index in range(len(model.llm.layers)):
-            hidden = model.run_layer(index, hidden, rotary, self.cache)
-        return model.final_norm(hidden[:, -1:])
+        if media_mask is None:
+            media_mask = torch.zeros(embeds.shape[0], dtype=torch.bool)
+        hidden, stats = extraction.prefill(model, embeds[None].to(model.dtype), positions, media_mask, self.cache,
+                                           settings)
+        return model.final_norm(hidden), stats
 
     def check_length(self, needed: int) -> None:
         limit = self.lyra.config.max_prompt_tokens

@@ -154,7 +154,10 @@ class LyraModel(nn.Module):
         """
         length = hidden.shape[1]
         past = cache.get_seq_length(index) if index < len(cache.layers) else 0
-        mask = causal_mask(length, past, hidden.dtype, hidden.device) if length > 1 else None
+        # Flash attention aligns a causal block to the end of the cache by itself; SDPA and eager
+        # need the mask (a single decode query sees every cached key, so it needs none).
+        needs_mask = length > 1 and not self.llm.config._attn_implementation.startswith("flash")
+        mask = causal_mask(length, past, hidden.dtype, hidden.device) if needs_mask else None
         return self.llm.layers[index](
             hidden, attention_mask=mask, position_embeddings=rotary, cache=cache, use_cache=True
         )
