@@ -126,9 +126,10 @@ def prefill(
         key_offset = keys.shape[2] - hidden.shape[1]  # earlier turns come first in the cache
         scores = media_attention_scores(attention, normed, rotary, keys, query_index.to(hidden.device), key_offset)
         keep = select_tokens(scores[key_offset:].cpu(), media_mask, settings.keep_rate)  # type: ignore[union-attr]
-        hidden, positions, media_mask = hidden[:, keep.to(hidden.device)], positions[:, keep], media_mask[keep]
+        keep_here = keep.to(hidden.device)
+        hidden, media_mask = hidden[:, keep_here], media_mask[keep]
+        rotary = (rotary[0][:, keep_here], rotary[1][:, keep_here])  # kept tokens keep their positions
         stats.kept_index = stats.kept_index[keep]
-        rotary = model.rotary(hidden, positions)
         stats.media_kept_per_block.append(int(media_mask.sum()))
     return hidden[:, -1:], stats
 
