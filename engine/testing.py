@@ -297,9 +297,9 @@ def calibrate_blank_bias(tensors: dict[str, torch.Tensor], size: ModelSize) -> N
     with torch.inference_mode():
         logits = generator(torch.randn(8, size.hidden, generator=torch.Generator().manual_seed(1)))
     units = logits[:, :1000]
-    # the per-frame maximum of ~1000 unit logits sits near mean + 3.2 std; a little above it
-    # leaves roughly one frame in six non-blank
-    tensors[prefix + "output_proj.bias"][1000] += units.max(-1).values.quantile(0.85) - logits[:, 1000].mean()
+    # at the median of the per-frame maximum unit logit about half the frames are non-blank;
+    # random layers barely vary across a token's 25 frames, so that is about one unit per token
+    tensors[prefix + "output_proj.bias"][1000] += units.max(-1).values.quantile(0.5) - logits[:, 1000].mean()
 
 
 def write_test_model(folder: Path, size: str | ModelSize = "tiny", seed: int = 0) -> Path:
