@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import Cache
 from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb
 
 from engine.errors import OmnivoxError
@@ -101,7 +101,7 @@ def prefill(
     hidden: torch.Tensor,
     positions: torch.Tensor,
     media_mask: torch.Tensor,
-    cache: DynamicCache,
+    cache: Cache,
     settings: ExtractionSettings | None,
 ) -> tuple[torch.Tensor, ExtractionStats]:
     """Run a prompt (1, T, H) through every layer, extracting media at block boundaries.
@@ -134,6 +134,6 @@ def prefill(
     return hidden[:, -1:], stats
 
 
-def kv_cache_tokens(cache: DynamicCache) -> int:
+def kv_cache_tokens(cache: Cache) -> int:
     """Cached positions summed over layers (what KV memory is proportional to)."""
     return sum(layer.get_seq_length() for layer in cache.layers)

@@ -121,15 +121,15 @@ def count_quantized(model: nn.Module) -> dict[str, int]:
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes held by parameters and persistent buffers, quantization statistics included."""
+    """Bytes held by parameters, quantization statistics included."""
+    import bitsandbytes as bnb
+
     total = sum(p.numel() * p.element_size() for p in model.parameters())
-    for module in model.modules():
-        state = getattr(getattr(module, "weight", None), "quant_state", None)
-        if state is not None:
-            total += quant_state_bytes(state)
-        scale = getattr(getattr(module, "weight", None), "SCB", None)
-        if scale is not None:
-            total += scale.numel() * scale.element_size()
+    for module in model.modules():  # the bitsandbytes layers themselves, not wrappers exposing their weight
+        if isinstance(module, bnb.nn.Linear4bit) and module.weight.quant_state is not None:
+            total += quant_state_bytes(module.weight.quant_state)
+        elif isinstance(module, bnb.nn.Linear8bitLt) and getattr(module.weight, "SCB", None) is not None:
+            total += module.weight.SCB.numel() * module.weight.SCB.element_size()
     return total
 
 

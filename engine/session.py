@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from transformers.cache_utils import DynamicCache
 
 from engine import extraction
 from engine.errors import OmnivoxError
@@ -23,6 +22,7 @@ from engine.events import AudioChunk, Event, TextDelta, TurnDone
 from engine.extraction import ExtractionSettings
 from engine.loading import LoadedLyra, select_adapter
 from engine.media import DEFAULT_MAX_IMAGE_SIDE, Speech, prepare_image, speech_features
+from engine.model.kv_cache import GrowingCache
 from engine.prompt import Piece, chat_text, end_token_ids, mrope_positions, split_prompt, user_content
 from engine.speech_out import SpeechOutput
 
@@ -72,7 +72,7 @@ class Session:
 
     def reset(self) -> None:
         """Forget the conversation."""
-        self.cache = DynamicCache()
+        self.cache = GrowingCache()
         self.next_position = 0
         self.turns = 0
 

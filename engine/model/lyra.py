@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import WhisperConfig
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import Cache
 from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfig, Qwen2VLVisionConfig
 from transformers.models.qwen2_vl.modeling_qwen2_vl import (
     Qwen2VisionTransformerPretrainedModel,
@@ -145,7 +145,7 @@ class LyraModel(nn.Module):
         index: int,
         hidden: torch.Tensor,
         rotary: tuple[torch.Tensor, torch.Tensor],
-        cache: DynamicCache,
+        cache: Cache,
     ) -> torch.Tensor:
         """One decoder layer over `hidden` (1, T, H) appended after what `cache` holds for it.
 

@@ -8,7 +8,7 @@ CTC decoding (argmax, merge consecutive duplicates, drop blanks) turns the frame
 The release re-runs the whole prefix every time a token arrives: O(N) frames per token, O(N²)
 attention. `UnitStream` runs only the 25 new frames against a KV cache and yields exactly the same
 units (see `UnitStream` for why); its projections and MLP cost the same at every token, only the
-attention read over the cache (and DynamicCache's re-concatenation of it) grows with N.
+attention read over the cache grows with N.
 """
 
 import re
@@ -16,8 +16,10 @@ import re
 import torch
 from torch import nn
 from transformers import Qwen2Config
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import Cache
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2RotaryEmbedding
+
+from engine.model.kv_cache import GrowingCache
 
 _CONFIG_PATTERN = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\)")
 
@@ -94,7 +96,7 @@ class CTCSpeechGenerator(nn.Module):
         self.rotary_emb = Qwen2RotaryEmbedding(self.config)
         self.output_proj = nn.Linear(width, unit_vocab_size + 1)
 
-    def forward(self, hidden_states: torch.Tensor, cache: DynamicCache | None = None) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         """hidden_states: (N, llm_hidden) → frame logits (upsample · N, unit_vocab_size + 1).
 
         Without a cache this is the full-prefix run: frames at positions 0 … upsample·N − 1. With a
@@ -157,7 +159,7 @@ class UnitStream:
 
     def __init__(self, generator: CTCSpeechGenerator) -> None:
         self.generator = generator
-        self.cache = DynamicCache(config=generator.config)
+        self.cache = GrowingCache()
         self.previous_frame: int | None = None
         self._units: list[int] = []
 

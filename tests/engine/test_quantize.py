@@ -75,12 +75,16 @@ def test_precision_choices_and_errors() -> None:
 
 
 @pytest.mark.parametrize("mode", ["nf4", "fp32"])
-def test_meta_device_estimate_matches_a_real_load(test_model, lyra_fp32, lyra_nf4, mode: str) -> None:
-    """benchmarks/memory.py prices the real architectures with this computation."""
+def test_meta_device_estimate_matches_a_real_load(test_model, mode: str) -> None:
+    """benchmarks/memory.py prices the real architectures with this computation.
+
+    A fresh load: on the CPU bitsandbytes repacks NF4 weights at their first forward pass.
+    """
+    from engine.loading import load_lyra
     from engine.memory import build_on_meta, weight_bytes_by_part
     from engine.testing import SIZES
 
-    lyra = lyra_nf4 if mode == "nf4" else lyra_fp32
+    lyra = load_lyra(test_model, Precision.parse(mode, "cpu"))
     estimate = weight_bytes_by_part(build_on_meta(lyra.config, SIZES["tiny"]), mode, half_bytes=4)
     estimate["vocoder"] = sum(p.numel() * 4 for p in lyra.vocoder.parameters())
     lora = sum(p.numel() * p.element_size() for n, p in lyra.model.named_parameters() if "lora_" in n)
