@@ -40,7 +40,7 @@ def run_point(model_dir: Path, setting: str, media: int) -> dict:
     from engine import extraction
     from engine.extraction import ExtractionSettings
     from engine.loading import load_lyra
-    from engine.prompt import Piece, chat_text, mrope_positions, split_prompt
+    from engine.prompt import chat_text, mrope_positions, split_prompt
     from engine.quantize import Precision
     from engine.session import Session
 
