@@ -42,6 +42,22 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     ask.add_argument("--json", action="store_true", help="print one JSON summary (text streams to stderr)")
     ask.set_defaults(run=run_ask)
 
+    models = commands.add_parser("models", help="list, download, verify or remove Lyra models")
+    models.add_argument("--data-dir", type=Path, help="Omnivox data folder (default: the user data folder)")
+    models.add_argument("--endpoint", help="hub address (default: huggingface.co or $HF_ENDPOINT)")
+    action = models.add_subparsers(dest="action", required=True)
+    action.add_parser("list", help="the catalogue, what is installed and what fits this GPU").add_argument(
+        "--json", action="store_true")
+    for name, text in (("download", "download a model (resumes an interrupted download)"),
+                       ("verify", "check an installed model's files"), ("remove", "delete an installed model")):
+        action.add_parser(name, help=text).add_argument("name", help="e.g. Lyra-Mini-3B")
+    models.set_defaults(run=run_models)
+
+    doctor = commands.add_parser("doctor", help="report Python, GPU, audio devices, cameras and models")
+    doctor.add_argument("--data-dir", type=Path)
+    doctor.add_argument("--json", action="store_true")
+    doctor.set_defaults(run=run_doctor)
+
     make = commands.add_parser("make-test-model", help="write a random-weight checkpoint in the released layout")
     make.add_argument("folder", type=Path)
     make.add_argument("--size", default="tiny", help="tiny, bench or mini-proportions")
@@ -133,6 +149,57 @@ def write_wav_atomically(path: Path, audio: np.ndarray) -> None:
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def default_data_dir() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("Omnivox", appauthor=False))
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from engine.models import ModelStore, model_listing
+
+    store = ModelStore(args.data_dir or default_data_dir(), endpoint=args.endpoint)
+    if args.action == "list":
+        rows = model_listing(store)
+        if args.json:
+            print(json.dumps(rows))
+        for row in rows if not args.json else []:
+            state = "installed" if row["installed"] else "not installed"
+            fits = {True: "fits this GPU", False: "too big for this GPU", None: "no CUDA GPU"}[row["fits_gpu"]]
+            print(f"{row['name']:14} {row['parameters']:>8}  download {row['download_gb']:5.1f} GB  "
+                  f"NF4 {row['nf4_gb']:4.1f} GB  {fits}  {state}")
+    elif args.action == "download":
+        def show(file: str, done: int, total: int | None) -> None:
+            share = f"{100 * done / total:5.1f}%" if total else f"{done / 1e6:8.1f} MB"
+            print(f"\r{file}: {share}", end="", file=sys.stderr, flush=True)
+
+        paths = store.download(args.name, progress=show)
+        print(f"\n{args.name} is ready in {paths.folder}", file=sys.stderr)
+    elif args.action == "verify":
+        problems = store.verify(args.name)
+        for problem in problems:
+            print(problem)
+        if problems:
+            raise OmnivoxError(f"{args.name} is damaged ({len(problems)} problem(s)); download it again.")
+        print(f"{args.name}: all files present and readable")
+    else:
+        store.remove(args.name)
+        print(f"removed {args.name}")
+    return 0
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    from engine.doctor import doctor
+
+    report = doctor(args.data_dir or default_data_dir())
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            print(f"{key:14} {value}")
+    return 0
 
 
 def run_make_test_model(args: argparse.Namespace) -> int:
