@@ -1,0 +1,196 @@
+"""Speaker playback of streamed replies: a jitter buffer in front of a PortAudio output stream.
+
+The engine sends 16 kHz float32 chunks as it makes them, unevenly. `write` resamples them to the
+device rate (soxr keeps its filter state across chunks, so chunk seams are inaudible) and
+queues them; the output callback only copies queued samples out. It never waits for audio:
+when the queue runs dry it fades out over a few milliseconds and plays silence, then waits
+for `prebuffer_ms` to be queued again before fading back in, so a slow engine gives a short
+gap rather than a click or a stutter. `stop` (barge-in) silences the output at the next block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from types import ModuleType
+
+import numpy as np
+import soxr
+
+from app.audio.devices import Device, choose_device, load_sounddevice, negotiate
+from app.audio.endpointer import SILENT_DB, rms_db
+
+RATE = 16000  # what the engine sends
+
+
+class Playback:
+    def __init__(self, sd: ModuleType | None = None, remembered: str | None = None, *, block_ms: int = 20,
+                 prebuffer_ms: int = 80, fade_ms: float = 5.0, on_notice: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.sd = sd if sd is not None else load_sounddevice()  # None without PortAudio: "no device" notices
+        self.remembered = remembered
+        self.block_ms, self.prebuffer_ms, self.fade_ms = block_ms, prebuffer_ms, fade_ms
+        self.on_notice = on_notice  # called from PortAudio's thread when the device goes away
+        self.clock = clock
+        self.device: Device | None = None
+        self.rate, self.channels = RATE, 1
+        self.prebuffer = self.fade = 0  # in samples at the device rate, set by open
+        self.stream = None
+        self.closing = False
+        # Shared with the audio callback, under `lock`; held only to move samples in or out.
+        self.lock = threading.Lock()
+        self.chunks: deque[np.ndarray] = deque()
+        self.buffered = 0  # samples queued, at the device rate
+        self.finishing = False  # the reply's last chunk is queued: play it out without waiting to prebuffer
+        self.stop_requested = False
+        # Written by the callback only.
+        self.started = False  # playing, as opposed to waiting for the prebuffer
+        self.last_sample = 0.0  # where a fade-out on stop starts from
+        self.level = SILENT_DB
+        self.first_sample_time: float | None = None  # clock() when the reply's first sample reaches the speaker
+        self.done = threading.Event()  # nothing queued or playing
+        self.done.set()
+        # Written by the caller's thread only.
+        self.in_reply = False
+        self.resampler: soxr.ResampleStream | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.stream is not None
+
+    @property
+    def playing(self) -> bool:
+        return not self.done.is_set()
+
+    @property
+    def level_db(self) -> float:
+        """The level of what is being played now, for the echo gate."""
+        return self.level if self.playing else SILENT_DB
+
+    def open(self) -> str | None:
+        """Start the output stream. Returns a notice for the user (fallback device, or text-only), else None."""
+        self.device, notice = choose_device(self.sd, "output", self.remembered)
+        if self.device is None:
+            return notice
+        self.rate, self.channels = negotiate(self.sd, self.device, "output", "float32", RATE)
+        self.prebuffer = self.rate * self.prebuffer_ms // 1000
+        self.fade = max(1, int(self.rate * self.fade_ms / 1000))
+        try:
+            self.stream = self.sd.OutputStream(
+                samplerate=self.rate, blocksize=self.rate * self.block_ms // 1000, device=self.device.index,
+                channels=self.channels, dtype="float32", latency="low",
+                callback=self.on_block, finished_callback=self.on_finished,
+            )
+            self.stream.start()
+        except Exception as error:  # PortAudioError, or a device that vanished between listing and opening
+            self.stream = None
+            return f"Could not open the speaker “{self.device.stable_name}”: {error}. Replies are text only."
+        return notice
+
+    def write(self, pcm: bytes) -> None:
+        """Queue a chunk of the reply: float32 little-endian, 16 kHz mono. Dropped when there is no speaker."""
+        if self.stream is None:
+            return
+        if not self.in_reply:
+            self.in_reply, self.first_sample_time = True, None
+            self.resampler = soxr.ResampleStream(RATE, self.rate, 1, dtype="float32") if self.rate != RATE else None
+            with self.lock:
+                self.finishing = False
+            self.done.clear()
+        audio = np.frombuffer(pcm, dtype="<f4")
+        self.enqueue(self.resampler.resample_chunk(audio) if self.resampler else audio.copy())
+
+    def finish(self) -> None:
+        """The reply is complete: play out what is queued, however little."""
+        if not self.in_reply:
+            return
+        if self.resampler is not None:
+            self.enqueue(self.resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+        self.in_reply = False
+        with self.lock:
+            self.finishing = True
+
+    def stop(self) -> None:
+        """Barge-in: drop everything queued; the output fades to silence within the next block."""
+        self.in_reply = False
+        with self.lock:
+            self.chunks.clear()
+            self.buffered = 0
+            self.finishing = False
+            self.stop_requested = True
+        if self.stream is None:
+            self.done.set()
+
+    def wait_done(self, timeout: float | None = None) -> bool:
+        return self.done.wait(timeout)
+
+    def close(self) -> None:
+        self.closing = True
+        if self.stream is not None:
+            with contextlib.suppress(Exception):  # closing a stream whose device is gone can fail; it is closed anyway
+                self.stream.close()
+            self.stream = None
+        self.done.set()
+
+    def enqueue(self, audio: np.ndarray) -> None:
+        if len(audio):
+            with self.lock:
+                self.chunks.append(audio.astype(np.float32, copy=False))
+                self.buffered += len(audio)
+
+    def on_block(self, outdata: np.ndarray, frames: int, time, status) -> None:
+        out = np.zeros(frames, np.float32)
+        with self.lock:
+            stopped, self.stop_requested = self.stop_requested, False
+            if stopped:
+                self.started = False
+            resume = not self.started and (self.buffered >= self.prebuffer or (self.finishing and self.buffered > 0))
+            n = self.take(out) if self.started or resume else 0
+            reply_over = self.finishing and self.buffered == 0
+            if reply_over:
+                self.finishing = False
+        if resume and n:
+            out[: min(n, self.fade)] *= np.linspace(0, 1, min(n, self.fade), endpoint=False, dtype=np.float32)
+        self.started = n == frames and not reply_over
+        if n > 0 and not self.started:  # the queue ran dry (or the reply ended) inside this block
+            k = min(n, self.fade)
+            out[n - k : n] *= np.linspace(1, 0, k, dtype=np.float32)
+        if self.last_sample and (stopped or n == 0):
+            # The previous block ended on sound: ramp from its last sample down to silence (mixed
+            # under a new reply's fade-in after a stop), never a jump.
+            k = min(frames, self.fade)
+            out[:k] += self.last_sample * np.linspace(1, 0, k, dtype=np.float32)
+        if n and self.first_sample_time is None:
+            latency = getattr(time, "outputBufferDacTime", 0.0) - getattr(time, "currentTime", 0.0)
+            self.first_sample_time = self.clock() + (latency if 0 < latency < 1 else 0.0)
+        outdata[:] = out[:, None]
+        self.last_sample = float(out[-1])
+        self.level = rms_db(out * 32768) if n else SILENT_DB
+        if (reply_over or stopped) and not self.in_reply and not self.buffered:
+            self.done.set()
+
+    def take(self, out: np.ndarray) -> int:
+        """Move up to len(out) queued samples into out; the caller holds the lock."""
+        n = 0
+        while n < len(out) and self.chunks:
+            chunk = self.chunks[0]
+            k = min(len(out) - n, len(chunk))
+            out[n : n + k] = chunk[:k]
+            if k == len(chunk):
+                self.chunks.popleft()
+            else:
+                self.chunks[0] = chunk[k:]
+            n += k
+        self.buffered -= n
+        return n
+
+    def on_finished(self) -> None:
+        if self.closing:
+            return
+        self.stream = None
+        self.done.set()
+        if self.on_notice is not None:
+            self.on_notice("The speaker stopped (unplugged?). Replies are text only.")

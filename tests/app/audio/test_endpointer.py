@@ -1,0 +1,194 @@
+"""The endpointer on generated frames: speech-like tones, pauses, clicks, long monologues, push-to-talk, echo."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.audio.endpointer import (
+    PRESETS,
+    Endpointer,
+    Level,
+    SpeechDiscarded,
+    SpeechEnded,
+    SpeechStarted,
+)
+from tests.signals import tone
+
+RATE = 16000
+RNG = np.random.default_rng(0)
+
+
+def speech(seconds: float, dbfs: float = -20.0) -> np.ndarray:
+    """Voiced-like int16 audio (harmonics of 150 Hz, syllable-rate wobble) at about dbfs RMS."""
+    wave = tone(seconds)
+    return (wave / np.sqrt(np.mean(wave**2)) * 10 ** (dbfs / 20) * 32767).astype(np.int16)
+
+
+def quiet(seconds: float, dbfs: float = -65.0) -> np.ndarray:
+    """Room noise well under the floor."""
+    return (RNG.standard_normal(int(seconds * RATE)) * 10 ** (dbfs / 20) * 32767).astype(np.int16)
+
+
+def clicks(seconds: float, per_second: float = 8.0) -> np.ndarray:
+    """Keyboard-like clicks: loud noise bursts decaying within a few ms."""
+    out = quiet(seconds).astype(np.float64)
+    for start in np.arange(0.1, seconds - 0.05, 1 / per_second):
+        n = int(0.008 * RATE)
+        i = int(start * RATE)
+        out[i : i + n] += RNG.standard_normal(n) * np.exp(-np.arange(n) / (0.0015 * RATE)) * 20000
+    return np.clip(out, -32768, 32767).astype(np.int16)
+
+
+def run(endpointer: Endpointer, audio: np.ndarray, frame_ms: int = 30) -> list:
+    n = RATE * frame_ms // 1000
+    events = []
+    for i in range(0, len(audio) - n + 1, n):
+        events += [e for e in endpointer.push(audio[i : i + n].tobytes()) if not isinstance(e, Level)]
+    return events
+
+
+def turns(events: list) -> list[SpeechEnded]:
+    return [e for e in events if isinstance(e, SpeechEnded)]
+
+
+@pytest.mark.parametrize("frame_ms", [10, 20, 30])
+def test_one_utterance_is_one_turn_of_the_right_length(frame_ms: int) -> None:
+    audio = np.concatenate([quiet(1.0), speech(1.5), quiet(1.5)])
+    events = run(Endpointer(), audio, frame_ms)
+    assert [type(e) for e in events] == [SpeechStarted, SpeechEnded]
+    started, ended = events
+    assert started.t == pytest.approx(1.0, abs=0.05)
+    assert ended.reason == "silence"
+    assert ended.end_t - ended.start_t == pytest.approx(1.5, abs=0.1)
+    # Pre-roll before the onset and a short tail after the last sound are part of the audio.
+    assert ended.pcm_start_t == pytest.approx(ended.start_t - 0.5, abs=0.01)
+    assert len(ended.pcm) / 2 / RATE == pytest.approx(ended.end_t + 0.2 - ended.pcm_start_t, abs=0.01)
+
+
+def test_pre_roll_keeps_the_audio_before_the_detector_was_sure() -> None:
+    onset = speech(1.0)
+    audio = np.concatenate([quiet(1.0), onset, quiet(1.5)])
+    (ended,) = turns(run(Endpointer(), audio))
+    pcm = np.frombuffer(ended.pcm, np.int16)
+    offset = int((1.0 - ended.pcm_start_t) * RATE)
+    assert offset >= int(0.3 * RATE)  # at least 300 ms before the onset
+    assert np.array_equal(pcm[offset : offset + 1600], onset[:1600])  # the first 100 ms of speech, intact
+
+
+def test_pauses_shorter_than_the_hangover_do_not_cut() -> None:
+    hangover = PRESETS["normal"].hangover_ms / 1000
+    audio = np.concatenate([quiet(1.0), speech(0.8), quiet(hangover - 0.2), speech(0.8), quiet(1.5)])
+    (ended,) = turns(run(Endpointer(), audio))
+    assert ended.end_t - ended.start_t == pytest.approx(0.8 * 2 + hangover - 0.2, abs=0.1)
+
+
+def test_a_long_pause_ends_the_turn() -> None:
+    audio = np.concatenate([quiet(1.0), speech(0.8), quiet(1.2), speech(0.8), quiet(1.5)])
+    assert len(turns(run(Endpointer(), audio))) == 2
+
+
+def test_clicks_do_not_start_a_turn() -> None:
+    events = run(Endpointer(), np.concatenate([quiet(0.5), clicks(4.0)]))
+    assert events == []
+
+
+def test_a_short_bump_is_discarded_not_sent() -> None:
+    endpointer = Endpointer(min_speech_ms=400)
+    events = run(endpointer, np.concatenate([quiet(1.0), speech(0.25), quiet(1.5)]))
+    assert [type(e) for e in events] == [SpeechStarted, SpeechDiscarded]
+
+
+def test_a_monologue_is_cut_into_capped_turns_and_nothing_is_lost() -> None:
+    monologue = speech(5.0)
+    audio = np.concatenate([quiet(1.0), monologue, quiet(1.5)])
+    ended = turns(run(Endpointer(max_turn_s=2.0), audio))
+    assert len(ended) == 3 and {e.reason for e in ended[:2]} == {"max_length"}
+    assert all(len(e.pcm) / 2 / RATE <= 2.0 + 1e-9 for e in ended)
+    pcm = np.frombuffer(b"".join(e.pcm for e in ended), np.int16)
+    # Consecutive pieces join exactly: the whole monologue is there once, in order.
+    for first, second in zip(ended, ended[1:], strict=False):
+        assert second.pcm_start_t == pytest.approx(first.pcm_start_t + len(first.pcm) / 2 / RATE)
+    start = int((1.0 - ended[0].pcm_start_t) * RATE)
+    assert np.array_equal(pcm[start : start + len(monologue)], monologue)
+
+
+def test_push_to_talk_turn_runs_from_press_to_release_with_pre_roll() -> None:
+    endpointer = Endpointer(hands_free=False)
+    assert run(endpointer, np.concatenate([quiet(1.0), speech(1.0), quiet(1.0)])) == []  # voice alone does nothing
+    events = endpointer.press()
+    events += run(endpointer, np.concatenate([speech(1.0), quiet(1.5)]))  # a silence inside does not end it
+    events += endpointer.release()
+    assert [type(e) for e in events] == [SpeechStarted, SpeechEnded]
+    ended = events[-1]
+    assert ended.reason == "released"
+    assert ended.start_t == pytest.approx(3.0, abs=0.01)
+    assert ended.end_t == pytest.approx(5.5, abs=0.03)
+    assert ended.pcm_start_t == pytest.approx(2.5, abs=0.01)
+
+
+def test_a_tap_on_the_key_is_discarded() -> None:
+    endpointer = Endpointer(hands_free=False)
+    run(endpointer, quiet(1.0))
+    events = endpointer.press() + run(endpointer, quiet(0.06)) + endpointer.release()
+    assert [type(e) for e in events] == [SpeechStarted, SpeechDiscarded]
+
+
+def test_holding_the_key_in_hands_free_mode_keeps_the_turn_open() -> None:
+    endpointer = Endpointer()
+    events = run(endpointer, np.concatenate([quiet(1.0), speech(0.8)]))
+    events += endpointer.press() + run(endpointer, quiet(2.0)) + endpointer.release()
+    assert [(type(e), getattr(e, "reason", None)) for e in events] == [(SpeechStarted, None),
+                                                                        (SpeechEnded, "released")]
+
+
+def test_echo_of_our_own_reply_does_not_start_a_turn_unless_on_headphones() -> None:
+    echo = np.concatenate([quiet(1.0), speech(2.0, dbfs=-28.0), quiet(1.0)])  # the reply, heard through the air
+    for headphones, expected in ((False, 0), (True, 1)):
+        endpointer = Endpointer(headphones=headphones)
+        endpointer.set_playback_level(-20.0)  # what we are playing
+        assert len(turns(run(endpointer, echo))) == expected
+
+
+def test_the_user_talking_over_the_reply_still_gets_through() -> None:
+    endpointer = Endpointer()
+    endpointer.set_playback_level(-20.0)  # echo estimate -30 dBFS, so speech needs -24 dBFS or more
+    assert len(turns(run(endpointer, np.concatenate([quiet(1.0), speech(1.0, dbfs=-15.0), quiet(1.5)])))) == 1
+
+
+def test_sensitivity_presets_trade_waiting_for_cutting() -> None:
+    audio = np.concatenate([quiet(1.0), speech(1.0), quiet(2.0)])
+    ends = {}
+    for name in ("low", "normal", "high"):
+        endpointer, when = Endpointer(name), None
+        for i in range(0, len(audio) - 479, 480):
+            if any(isinstance(e, SpeechEnded) for e in endpointer.push(audio[i : i + 480].tobytes())):
+                when = endpointer.now / RATE
+        ends[name] = when
+    assert ends["low"] < ends["normal"] < ends["high"]
+    endpointer = Endpointer("low")
+    endpointer.set_sensitivity("high")
+    assert endpointer.sensitivity == PRESETS["high"]
+
+
+def test_quiet_speech_under_the_floor_is_not_a_turn() -> None:
+    assert run(Endpointer(), np.concatenate([quiet(1.0), speech(1.5, dbfs=-60.0), quiet(1.0)])) == []
+
+
+def test_level_events_report_every_frame() -> None:
+    endpointer = Endpointer()
+    levels = [e for e in endpointer.push(speech(0.03).tobytes()) if isinstance(e, Level)]
+    assert len(levels) == 1 and levels[0].db == pytest.approx(-20.0, abs=1.0)
+    assert [e.db for e in endpointer.push(bytes(960)) if isinstance(e, Level)] == [-100.0]
+
+
+def test_frames_must_be_10_20_or_30_ms() -> None:
+    with pytest.raises(ValueError, match="10, 20 or 30 ms"):
+        Endpointer().push(bytes(2 * 400))
+
+
+def test_flush_delivers_the_turn_in_progress() -> None:
+    endpointer = Endpointer()
+    run(endpointer, np.concatenate([quiet(1.0), speech(1.0)]))
+    (ended,) = endpointer.flush()
+    assert isinstance(ended, SpeechEnded) and ended.reason == "flush"

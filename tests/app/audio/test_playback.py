@@ -1,0 +1,120 @@
+"""Playback with a fake sounddevice: resampling to 48 kHz stereo, barge-in stop, underruns, telemetry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.audio.endpointer import SILENT_DB
+from app.audio.playback import Playback
+from tests.app.audio.fake_sounddevice import FakeSoundDevice, device
+
+
+def reply(seconds: float, freq: float = 220.0, amplitude: float = 0.5) -> bytes:
+    t = np.arange(int(seconds * 16000)) / 16000
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype("<f4").tobytes()
+
+
+def opened(supported=None, **kwargs) -> tuple[Playback, object]:
+    sd = FakeSoundDevice([device("speaker", outputs=2, rate=48000)], supported=supported)
+    playback = Playback(sd, **kwargs)
+    assert playback.open() is None
+    return playback, sd.streams[0]
+
+
+def play_out(stream, blocks: int) -> np.ndarray:
+    return np.concatenate([stream.pull() for _ in range(blocks)])
+
+
+def test_resamples_16k_to_a_48k_stereo_device() -> None:
+    playback, stream = opened(supported={(0, 48000, 2)})
+    assert (stream.samplerate, stream.channels, playback.rate) == (48000, 2, 48000)
+    playback.write(reply(0.25))
+    playback.write(reply(0.25))
+    playback.finish()
+    out = play_out(stream, 40)  # 0.8 s of 20 ms blocks
+    assert not np.isnan(out).any() and np.array_equal(out[:, 0], out[:, 1])
+    sound = np.flatnonzero(np.abs(out[:, 0]) > 1e-4)
+    assert (sound[-1] - sound[0]) / 48000 == pytest.approx(0.5, abs=0.01)
+    spectrum = np.abs(np.fft.rfft(out[sound[0] : sound[-1], 0]))
+    assert np.fft.rfftfreq(sound[-1] - sound[0], 1 / 48000)[spectrum.argmax()] == pytest.approx(220, abs=3)
+    assert playback.wait_done(0) and not playback.playing
+
+
+def test_chunk_seams_and_underruns_never_click() -> None:
+    playback, stream = opened(prebuffer_ms=40)
+    max_step = 2 * np.pi * 220 * 0.5 / 16000  # the steepest step of the sine itself
+    speech = reply(0.18)  # one continuous sine, arriving in three chunks
+    chunk = [speech[: 1600 * 4], speech[1600 * 4 : 2080 * 4], speech[2080 * 4 :]]
+    playback.write(chunk[0])
+    out = play_out(stream, 10)  # runs dry after 100 ms: an underrun, filled with silence
+    assert np.abs(out[-800:]).max() == 0.0
+    playback.write(chunk[1])  # less than the prebuffer: waits
+    assert np.abs(play_out(stream, 2)).max() == 0.0
+    playback.write(chunk[2])  # now enough
+    playback.finish()
+    out = np.concatenate([out, play_out(stream, 10)])
+    assert np.abs(np.diff(out[:, 0])).max() <= max_step * 1.05  # fades at every gap, no jumps
+
+
+def test_stop_silences_the_output_within_one_block() -> None:
+    playback, stream = opened()
+    playback.write(reply(3.0))
+    play_out(stream, 10)
+    playback.stop()
+    block = stream.pull()
+    fade = int(0.005 * playback.rate)
+    assert np.abs(block[fade:]).max() == 0.0  # silent after a 5 ms fade, inside the very next block
+    assert np.abs(np.diff(block[:, 0])).max() < 0.05  # the fade: no click
+    assert np.abs(play_out(stream, 5)).max() == 0.0
+    assert playback.wait_done(0) and playback.level_db == SILENT_DB
+
+
+def test_a_new_reply_after_stop_plays_from_its_start() -> None:
+    playback, stream = opened()
+    playback.write(reply(1.0))
+    play_out(stream, 5)
+    playback.stop()
+    playback.write(reply(0.2, freq=440))
+    playback.finish()
+    out = play_out(stream, 20)[:, 0]
+    assert np.count_nonzero(np.abs(out) > 1e-4) == pytest.approx(0.2 * 16000, abs=200)
+
+
+def test_reports_level_and_when_the_first_sample_reached_the_speaker() -> None:
+    now = [100.0]
+    playback, stream = opened(clock=lambda: now[0])
+    assert playback.level_db == SILENT_DB and playback.first_sample_time is None
+    playback.write(reply(0.5, amplitude=0.5))
+    stream.pull(dac_delay=0.03)
+    assert playback.first_sample_time == pytest.approx(100.03)  # written now, heard after the device latency
+    now[0] = 100.02
+    stream.pull()
+    assert playback.first_sample_time == pytest.approx(100.03)  # the first sample, not the latest
+    assert playback.level_db == pytest.approx(20 * np.log10(0.5 / np.sqrt(2)), abs=0.5)
+
+
+def test_no_output_device_means_text_only() -> None:
+    playback = Playback(FakeSoundDevice([device("mic", inputs=1)], default=(0, -1)))
+    assert "text only" in playback.open()
+    playback.write(reply(0.1))  # dropped, no error
+    playback.finish()
+    playback.stop()
+    assert not playback.available and not playback.playing
+
+
+def test_losing_the_speaker_mid_reply_is_a_notice() -> None:
+    notices = []
+    playback, stream = opened(on_notice=notices.append)
+    playback.write(reply(1.0))
+    stream.fail()
+    assert notices == ["The speaker stopped (unplugged?). Replies are text only."]
+    assert not playback.available and not playback.playing
+    playback.write(reply(0.1))  # text-only from now on
+
+
+def test_close_is_not_a_lost_device() -> None:
+    notices = []
+    playback, stream = opened(on_notice=notices.append)
+    playback.close()
+    assert notices == [] and stream.closed

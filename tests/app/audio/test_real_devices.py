@@ -1,0 +1,147 @@
+"""The real sounddevice against PulseAudio's virtual microphone and speaker (started here, killed after).
+
+paplay into "micsrc" is heard on the virtual microphone "mic"; what the app plays to "spk" is
+recorded back from "spk.monitor". Skipped without pulseaudio/espeak-ng, failed instead under
+OMNIVOX_E2E=require.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.audio.capture import Capture
+from app.audio.endpointer import Endpointer, SpeechEnded
+from app.audio.listener import Listener
+from app.audio.playback import Playback
+from tests.e2e_env import pulseaudio, require_tools
+
+
+@pytest.fixture(scope="module")
+def pulse() -> Iterator[dict[str, str]]:
+    with pulseaudio() as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
+def spoken(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    """An espeak-ng sentence as a wav file, and how long its speech lasts (leading/trailing silence excluded)."""
+    require_tools("espeak-ng")
+    path = tmp_path_factory.mktemp("speech") / "question.wav"
+    subprocess.run(["espeak-ng", "-w", str(path), "Could you tell me what is on the screen right now"], check=True)
+    with wave.open(str(path)) as f:
+        rate = f.getframerate()
+        audio = np.frombuffer(f.readframes(f.getnframes()), np.int16).astype(np.float64)
+    energy = np.square(audio[: len(audio) // 110 * 110]).reshape(-1, 110).mean(axis=1)  # 5 ms blocks
+    loud = np.flatnonzero(energy > energy.max() * 10 ** (-40 / 10))
+    return path, (loud[-1] + 1 - loud[0]) * 110 / rate
+
+
+class Recorder:
+    """parecord from the virtual speaker's monitor, 16 kHz mono int16, on a thread."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            ["parecord", "--raw", "--device=spk.monitor", "--rate=16000", "--channels=1", "--format=s16le",
+             "--latency-msec=10"], env=env, stdout=subprocess.PIPE)
+        self.data = bytearray()
+        self.thread = threading.Thread(target=self.pump, daemon=True)
+        self.thread.start()
+
+    def pump(self) -> None:
+        while chunk := self.process.stdout.read1(4096):
+            self.data += chunk
+
+    def stop(self) -> np.ndarray:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        self.thread.join(timeout=5)
+        return np.frombuffer(bytes(self.data[: len(self.data) // 2 * 2]), np.int16)
+
+
+def test_speech_into_the_virtual_mic_is_exactly_one_turn_of_the_right_length(pulse, spoken) -> None:
+    path, speech_seconds = spoken
+    turns: list[SpeechEnded] = []
+    listener = Listener(Capture(), Endpointer(), lambda e: turns.append(e) if isinstance(e, SpeechEnded) else None)
+    assert listener.start(), "the virtual microphone did not open"
+    try:
+        time.sleep(0.5)
+        subprocess.run(["paplay", "--device=micsrc", str(path)], env=pulse, check=True, timeout=30)
+        deadline = time.monotonic() + 5
+        while not turns and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # nothing more may follow
+    finally:
+        listener.stop()
+    assert len(turns) == 1
+    assert turns[0].end_t - turns[0].start_t == pytest.approx(speech_seconds, abs=0.3)
+    assert len(turns[0].pcm) / 2 / 16000 >= speech_seconds  # with pre-roll and tail around it
+
+
+def test_a_reply_played_to_the_virtual_speaker_is_recorded_back(pulse) -> None:
+    playback = Playback()
+    assert playback.open() is None and playback.available
+    recorder = Recorder(pulse)
+    try:
+        time.sleep(0.3)
+        t = np.arange(16000) / 16000
+        for chunk in np.split((0.3 * np.sin(2 * np.pi * 330 * t)).astype("<f4"), 10):  # streamed in pieces
+            playback.write(chunk.tobytes())
+        playback.finish()
+        assert playback.wait_done(5)
+        assert playback.first_sample_time is not None
+        time.sleep(0.3)
+    finally:
+        recorded = recorder.stop()
+        playback.close()
+    loud = np.abs(recorded) > 0.1 * 32768 * 0.3  # a sine is above 10 % of its peak 94 % of the time
+    assert loud.sum() / 16000 == pytest.approx(0.94, abs=0.15)
+    spectrum = np.abs(np.fft.rfft(recorded.astype(np.float64)))
+    assert np.fft.rfftfreq(len(recorded), 1 / 16000)[spectrum.argmax()] == pytest.approx(330, abs=5)
+
+
+class WatchedPlayback(Playback):
+    """Notes when each output block was written and its peak."""
+
+    def __init__(self) -> None:
+        super().__init__(block_ms=20)
+        self.blocks: list[tuple[float, float]] = []
+
+    def on_block(self, outdata, frames, time_info, status) -> None:
+        super().on_block(outdata, frames, time_info, status)
+        self.blocks.append((time.monotonic(), float(np.abs(outdata).max())))
+
+
+def test_barge_in_stop_silences_the_output_within_one_block(pulse) -> None:
+    playback = WatchedPlayback()
+    assert playback.open() is None
+    # The ALSA pulse plugin stalls for a second or so after a stream starts; the app keeps its
+    # stream open, so measure once the device asks for blocks steadily.
+    deadline = time.monotonic() + 10
+    while len(playback.blocks) < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    recorder = Recorder(pulse)
+    try:
+        t = np.arange(3 * 16000) / 16000
+        playback.write((0.3 * np.sin(2 * np.pi * 330 * t)).astype("<f4").tobytes())
+        time.sleep(0.6)
+        stopped_at = time.monotonic()
+        playback.stop()
+        assert playback.wait_done(1.0)
+        time.sleep(0.4)
+    finally:
+        recorded = recorder.stop()
+        playback.close()
+    after = [peak for when, peak in playback.blocks if when > stopped_at]
+    assert after and after[0] <= 0.3  # the first block after stop only fades out
+    assert max(after[1:]) == 0.0  # every later block is silent
+    # On the speaker: about 0.6 s of sound, not the 3 s that were queued.
+    loud = np.abs(recorded) > 0.1 * 32768 * 0.3
+    assert 0.3 < loud.sum() / 16000 < 1.0

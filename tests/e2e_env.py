@@ -1,0 +1,85 @@
+"""Real-environment helpers for end-to-end tests: required tools, a PulseAudio daemon with virtual devices.
+
+With OMNIVOX_E2E=require (CI), a missing tool fails the test instead of skipping it, so a
+broken setup cannot pass as "skipped".
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+# The virtual devices: "spk" is the speaker (its monitor is what the app played), "micsrc" is
+# where a test plays audio, and "mic" is the microphone the app records from (micsrc's monitor).
+PULSE_MODULES = [
+    "--load=module-native-protocol-unix",
+    "--load=module-null-sink sink_name=spk",
+    "--load=module-null-sink sink_name=micsrc",
+    "--load=module-remap-source master=micsrc.monitor source_name=mic",
+]
+
+
+def require_tools(*tools: str) -> None:
+    """Skip (or fail, under OMNIVOX_E2E=require) unless every tool is on PATH."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if not missing:
+        return
+    reason = f"needs {', '.join(missing)} (Debian: pulseaudio pulseaudio-utils espeak-ng libasound2-plugins)"
+    if os.environ.get("OMNIVOX_E2E") == "require":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def unavailable(reason: str) -> None:
+    """The environment cannot run this test: fail under OMNIVOX_E2E=require, else skip."""
+    if os.environ.get("OMNIVOX_E2E") == "require":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@contextmanager
+def pulseaudio() -> Iterator[dict[str, str]]:
+    """A private PulseAudio user daemon with the virtual devices, this process routed to them.
+
+    Yields the environment for subprocesses (paplay, parecord). PortAudio is re-initialised so
+    sounddevice lists the ALSA "pulse"/"default" devices that now reach the daemon.
+    """
+    require_tools("pulseaudio", "pactl", "paplay", "parecord")
+    runtime = tempfile.mkdtemp(prefix="omnivox-pulse-")
+    os.chmod(runtime, 0o700)
+    overrides = {"XDG_RUNTIME_DIR": runtime, "PULSE_SOURCE": "mic", "PULSE_SINK": "spk"}
+    saved = {key: os.environ.get(key) for key in overrides}
+    os.environ.update(overrides)
+    env = dict(os.environ)
+    try:
+        started = subprocess.run(["pulseaudio", "--daemonize=yes", "--exit-idle-time=-1", "-n", *PULSE_MODULES],
+                                 env=env, capture_output=True, text=True, timeout=20)
+        if started.returncode != 0:
+            unavailable(f"pulseaudio did not start: {started.stderr.strip()[-300:]}")
+        deadline = time.monotonic() + 10
+        while subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode != 0:
+            if time.monotonic() > deadline:
+                unavailable("pulseaudio started but does not answer")
+            time.sleep(0.1)
+        try:
+            import sounddevice
+        except OSError:
+            unavailable("sounddevice cannot load PortAudio (Debian: libportaudio2)")
+        sounddevice._terminate()  # PortAudio lists devices once, when it starts: start it again
+        sounddevice._initialize()
+        yield env
+    finally:
+        subprocess.run(["pulseaudio", "--kill"], env=env, capture_output=True, timeout=20)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(runtime, ignore_errors=True)
