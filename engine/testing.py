@@ -286,6 +286,18 @@ def write_adapter(folder: Path, size: ModelSize, config: dict, rank: int, alpha:
     torch.save(projector, folder / "non_lora_trainables.bin")
 
 
+def sharpen_generator_attention(tensors: dict[str, torch.Tensor], scale: float = 4.0) -> None:
+    """Peakier attention in the CTC generator, so the 25 frames of one token differ.
+
+    With fan-in-scaled random weights every frame of a token attends almost uniformly and comes
+    out the same, giving about one unit per token; a trained generator emits several. Scaling the
+    query and key projections makes the frames attend differently: about five units per token.
+    """
+    for name, tensor in tensors.items():
+        if name.startswith("speech_generator.layers.") and name.endswith(("q_proj.weight", "k_proj.weight")):
+            tensor *= scale
+
+
 def calibrate_blank_bias(tensors: dict[str, torch.Tensor], size: ModelSize) -> None:
     """Make blank win most CTC frames, as in a trained generator (a few units per token, not 25)."""
     from engine.model.speech_generator import CTCSpeechGenerator
@@ -297,8 +309,7 @@ def calibrate_blank_bias(tensors: dict[str, torch.Tensor], size: ModelSize) -> N
     with torch.inference_mode():
         logits = generator(torch.randn(8, size.hidden, generator=torch.Generator().manual_seed(1)))
     units = logits[:, :1000]
-    # at the median of the per-frame maximum unit logit about half the frames are non-blank;
-    # random layers barely vary across a token's 25 frames, so that is about one unit per token
+    # at the median of the per-frame maximum unit logit about half the frames are non-blank
     tensors[prefix + "output_proj.bias"][1000] += units.max(-1).values.quantile(0.5) - logits[:, 1000].mean()
 
 
@@ -314,6 +325,7 @@ def write_test_model(folder: Path, size: str | ModelSize = "tiny", seed: int = 0
 
     tensors = {name: random_tensor(name, shape, generator)
                for name, shape in released_tensor_shapes(dims, vocab_size).items()}
+    sharpen_generator_attention(tensors)
     calibrate_blank_bias(tensors, dims)
     names = list(tensors)
     half = len(names) // 2

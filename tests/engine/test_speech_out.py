@@ -28,7 +28,7 @@ def stream(lyra, states: torch.Tensor, **chunking) -> tuple[np.ndarray, list[int
 
 
 def test_streamed_audio_equals_one_shot_synthesis_of_the_full_unit_sequence(lyra_fp32) -> None:
-    states = hidden_states(200)
+    states = hidden_states(40)
     audio, units, audible_pushes = stream(lyra_fp32, states, first_chunk=4, later_chunk=12)
     with torch.inference_mode():
         assert units == lyra_fp32.model.speech_generator.units_from_hidden(states)
@@ -42,7 +42,7 @@ def test_first_chunk_is_small_and_later_chunks_larger(lyra_fp32) -> None:
     out = SpeechOutput(lyra_fp32.model.speech_generator, lyra_fp32.vocoder, first_chunk=4, later_chunk=30)
     sizes = []
     with torch.inference_mode():
-        for state in hidden_states(400, seed=3):
+        for state in hidden_states(60, seed=3):
             before = out.unit_count - len(out.waiting)
             if out.push(state).size or out.unit_count - len(out.waiting) != before:
                 sizes.append(out.unit_count - len(out.waiting) - before)
@@ -50,7 +50,7 @@ def test_first_chunk_is_small_and_later_chunks_larger(lyra_fp32) -> None:
 
 
 def test_a_reply_shorter_than_the_first_chunk_is_flushed_not_lost(lyra_fp32) -> None:
-    audio, units, audible_pushes = stream(lyra_fp32, hidden_states(20), first_chunk=1000)
+    audio, units, audible_pushes = stream(lyra_fp32, hidden_states(3), first_chunk=1000)
     assert audible_pushes == 0 and len(units) > 0
     with torch.inference_mode():
         assert np.abs(audio - lyra_fp32.vocoder(torch.tensor(units)).numpy()).max() <= 1e-3
