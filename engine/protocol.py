@@ -1,0 +1,271 @@
+"""The wire protocol between the app and the engine process: versioned frames of plain data.
+
+A frame is a 4-byte big-endian header length, a UTF-8 JSON object (the header: at least `v`,
+`type`, `id` and `payload_size`), then `payload_size` raw bytes — float32 little-endian PCM for
+audio, encoded PNG/JPEG for images. Nothing is ever unpickled, so the same bytes can cross a
+network later. This module imports neither torch nor numpy: the GUI uses it.
+
+A bad frame raises `ProtocolError` after the reader has consumed it (its `skip` says how many of
+its bytes are still to be dropped), so one bad message never ends the connection.
+
+Requests (app → engine; `id` names the request, or the turn for respond and cancel):
+  load_model {model, precision, device, vocoder}   prefetch + image bytes   ping   reset   shutdown
+  respond {parts, sample_rate, max_new_tokens, speak} + speech PCM, image, UTF-8 text (RespondRequest)
+  cancel (id = the turn to stop)
+Events (engine → app; `id` is the request or turn they answer, "" for none):
+  ready {pid, protocol}   progress {stage, fraction}   model_loaded {model, precision, device, load_ms}
+  text_delta {text}   audio_chunk {sample_rate, samples} + PCM   pong   error {message}
+  turn_done {text, audio_seconds, timings_ms, tokens, adapter, cancelled}
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import BinaryIO, NoReturn
+
+PROTOCOL_VERSION = 1
+PORT_ANNOUNCEMENT = "OMNIVOX_ENGINE_PORT"  # first stdout line of the engine process, then the port
+MAX_HEADER = 64 * 1024
+MAX_PAYLOAD = 256 * 1024 * 1024  # 25 min of speech is 96 MB of float32; a screenshot PNG a few MB
+PREFIX = struct.Struct(">I")
+REQUIRED = ("v", "type", "id", "payload_size")
+
+REQUESTS = frozenset({"load_model", "prefetch", "respond", "cancel", "reset", "shutdown", "ping"})
+EVENTS = frozenset({"ready", "progress", "text_delta", "audio_chunk", "turn_done", "error", "pong", "model_loaded"})
+PEER = {"app": "engine", "engine": "app"}  # who reads what the other sends
+
+# A respond payload is its parts back to back in this order; the header gives their sizes.
+RESPOND_PARTS = ("speech", "image", "text")
+
+Frame = tuple[dict, bytes]
+
+
+class ProtocolError(Exception):
+    """A frame that breaks the protocol, described in one line.
+
+    `frame_id` is the offending frame's id when it could be read, so the reply can name it;
+    `skip` is how many bytes after what was read still belong to the rejected frame.
+    """
+
+    def __init__(self, message: str, frame_id: str = "", skip: int = 0) -> None:
+        super().__init__(" ".join(message.split()))
+        self.frame_id = frame_id
+        self.skip = skip
+
+
+def encode_frame(header: dict, payload: bytes = b"") -> bytes:
+    """One frame; `v` and `payload_size` are filled in. Refuses what the other side would reject."""
+    full = {**header, "v": PROTOCOL_VERSION, "payload_size": len(payload)}
+    check_header(full, sender="app")
+    raw = json.dumps(full, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(raw) > MAX_HEADER:
+        raise ProtocolError(f"frame header of {len(raw)} bytes is over the {MAX_HEADER}-byte limit")
+    return PREFIX.pack(len(raw)) + raw + payload
+
+
+def header_length(prefix: bytes) -> int:
+    (length,) = PREFIX.unpack(prefix)
+    if length > MAX_HEADER:
+        raise ProtocolError(f"frame header of {length} bytes is over the {MAX_HEADER}-byte limit", skip=length)
+    return length
+
+
+def parse_header(raw: bytes, sender: str) -> dict:
+    """Decode and check a header sent by `sender` ("app" or "engine")."""
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except ValueError as err:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
+        raise ProtocolError(f"malformed frame header: {err}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("malformed frame header: not a JSON object")
+    check_header(header, sender)
+    return header
+
+
+def check_header(header: dict, sender: str) -> None:
+    frame_id = header["id"] if isinstance(header.get("id"), str) else ""
+    size = header.get("payload_size")
+    skip = size if is_count(size) else 0
+    version = header.get("v")
+    if is_count(version) and version > PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"{sender} speaks protocol {version}, {PEER[sender]} speaks {PROTOCOL_VERSION}; update Omnivox",
+            frame_id, skip,
+        )
+    missing = [name for name in REQUIRED if name not in header]
+    if missing:
+        raise ProtocolError(f"frame header lacks {', '.join(missing)}", frame_id, skip)
+    if not (is_count(version) and version >= 1):
+        raise ProtocolError(f"frame header field v must be a protocol version, got {version!r}", frame_id, skip)
+    if not is_count(size):
+        raise ProtocolError(f"frame header field payload_size must be a byte count, got {size!r}", frame_id)
+    if not isinstance(header["id"], str):
+        raise ProtocolError(f"frame header field id must be a string, got {header['id']!r}", frame_id, skip)
+    if header["type"] not in REQUESTS | EVENTS:
+        raise ProtocolError(f"unknown message type {header['type']!r}", frame_id, skip)
+    if size > MAX_PAYLOAD:
+        raise ProtocolError(f"payload of {size} bytes is over the {MAX_PAYLOAD}-byte limit", frame_id, skip)
+
+
+def is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def read_frame(stream: BinaryIO, sender: str = "app") -> Frame:
+    """Block until the next frame; EOFError when the stream ends."""
+    prefix = read_exactly(stream, PREFIX.size, at_boundary=True)
+    try:
+        header = parse_header(read_exactly(stream, header_length(prefix)), sender)
+    except ProtocolError as err:
+        discard(stream, err.skip)
+        raise
+    return header, read_exactly(stream, header["payload_size"])
+
+
+def read_exactly(stream: BinaryIO, size: int, at_boundary: bool = False) -> bytes:
+    data = stream.read(size) if size else b""
+    while len(data) < size:
+        more = stream.read(size - len(data))
+        if not more:
+            raise EOFError("connection closed" if at_boundary and not data else "connection closed mid-frame")
+        data += more
+    return data
+
+
+def discard(stream: BinaryIO, size: int) -> None:
+    while size > 0:
+        dropped = len(stream.read(min(size, 1 << 20)))
+        if not dropped:
+            return
+        size -= dropped
+
+
+class FrameDecoder:
+    """Incremental frame decoding for event-driven sockets (Qt's readyRead).
+
+    `feed` buffers the data and returns the frames it completes, in order, up to a bad frame.
+    The bad frame (consumed by then) raises `ProtocolError` from the call that reaches it first,
+    or from the next call when frames came before it. So drain with `feed(b"")` until it
+    returns nothing.
+    """
+
+    def __init__(self, sender: str = "engine") -> None:
+        self.sender = sender
+        self.buffer = bytearray()
+        self.header: dict | None = None  # a frame waiting for its payload
+        self.to_drop = 0  # bytes of a rejected frame still to arrive
+        self.failure: ProtocolError | None = None  # a bad frame found after good ones, raised next
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self.buffer += data
+        if self.failure is not None:
+            failure, self.failure = self.failure, None
+            raise failure
+        frames: list[Frame] = []
+        while True:
+            try:
+                frame = self.next_frame()
+            except ProtocolError as err:
+                if not frames:
+                    raise
+                self.failure = err
+                return frames
+            if frame is None:
+                return frames
+            frames.append(frame)
+
+    def next_frame(self) -> Frame | None:
+        """The next whole frame in the buffer, or None until more bytes arrive."""
+        if self.to_drop:
+            dropped = min(self.to_drop, len(self.buffer))
+            del self.buffer[:dropped]
+            self.to_drop -= dropped
+            if self.to_drop:
+                return None
+        if self.header is None:
+            self.header = self.next_header()
+            if self.header is None:
+                return None
+        size = self.header["payload_size"]
+        if len(self.buffer) < size:
+            return None
+        frame = (self.header, bytes(self.buffer[:size]))
+        del self.buffer[:size]
+        self.header = None
+        return frame
+
+    def next_header(self) -> dict | None:
+        if len(self.buffer) < PREFIX.size:
+            return None
+        try:
+            length = header_length(bytes(self.buffer[:PREFIX.size]))
+        except ProtocolError as err:
+            self.reject(PREFIX.size, err)
+        if len(self.buffer) < PREFIX.size + length:
+            return None
+        try:
+            header = parse_header(bytes(self.buffer[PREFIX.size:PREFIX.size + length]), self.sender)
+        except ProtocolError as err:
+            self.reject(PREFIX.size + length, err)
+        del self.buffer[:PREFIX.size + length]
+        return header
+
+    def reject(self, consumed: int, err: ProtocolError) -> NoReturn:
+        del self.buffer[:consumed]
+        self.to_drop = err.skip
+        raise err
+
+
+@dataclass(frozen=True)
+class RespondRequest:
+    """One turn as the app sends it: speech PCM, an encoded image and typed text, each optional."""
+
+    turn_id: str
+    speech: bytes | None = None  # float32 little-endian mono PCM
+    sample_rate: int = 16000
+    image: bytes | None = None  # encoded PNG/JPEG/...
+    text: str | None = None
+    max_new_tokens: int = 256
+    speak: bool = True
+
+    def encode(self) -> bytes:
+        parts = {"speech": self.speech, "image": self.image,
+                 "text": self.text.encode("utf-8") if self.text is not None else None}
+        present = {name: part for name, part in parts.items() if part is not None}
+        header = {"type": "respond", "id": self.turn_id, "parts": {name: len(p) for name, p in present.items()},
+                  "sample_rate": self.sample_rate, "max_new_tokens": self.max_new_tokens, "speak": self.speak}
+        return encode_frame(header, b"".join(present.values()))
+
+    @classmethod
+    def decode(cls, header: dict, payload: bytes) -> RespondRequest:
+        turn_id = header["id"]
+
+        def invalid(message: str) -> ProtocolError:
+            return ProtocolError(f"respond {turn_id}: {message}", turn_id)
+
+        sizes = header.get("parts", {})
+        if not isinstance(sizes, dict) or set(sizes) - set(RESPOND_PARTS) or not all(map(is_count, sizes.values())):
+            raise invalid(f"parts must map some of {', '.join(RESPOND_PARTS)} to byte counts")
+        if sum(sizes.values()) != len(payload):
+            raise invalid(f"parts add up to {sum(sizes.values())} bytes but the payload has {len(payload)}")
+        parts, offset = {}, 0
+        for name in RESPOND_PARTS:
+            if name in sizes:
+                parts[name], offset = payload[offset:offset + sizes[name]], offset + sizes[name]
+        if len(parts.get("speech", b"")) % 4:
+            raise invalid("speech must be float32 samples (a multiple of 4 bytes)")
+        rate, tokens = header.get("sample_rate", 16000), header.get("max_new_tokens", 256)
+        speak = header.get("speak", True)
+        if not (is_count(rate) and rate > 0):
+            raise invalid(f"sample_rate must be a positive integer, got {rate!r}")
+        if not is_count(tokens):
+            raise invalid(f"max_new_tokens must be a non-negative integer, got {tokens!r}")
+        if not isinstance(speak, bool):
+            raise invalid(f"speak must be true or false, got {speak!r}")
+        try:
+            text = parts["text"].decode("utf-8") if "text" in parts else None
+        except UnicodeDecodeError:
+            raise invalid("text is not valid UTF-8") from None
+        return cls(turn_id, parts.get("speech"), rate, parts.get("image"), text, tokens, speak)

@@ -1,0 +1,356 @@
+"""The engine process: one app, one loopback TCP connection, the frame protocol of engine.protocol.
+
+`python -m engine.server --listen 127.0.0.1:0` prints `OMNIVOX_ENGINE_PORT <port>` as its first
+stdout line and serves the first client to connect; it exits when that client leaves or asks
+it to shut down. A reader thread answers pings and cancels at once, while the main thread
+runs model requests in arrival order. torch loads with the first model,
+so the process answers within a fraction of a second of starting.
+
+Every failure of a request is an `error` event naming the request; the process keeps serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import hashlib
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.errors import OmnivoxError
+from engine.protocol import (
+    PORT_ANNOUNCEMENT,
+    PROTOCOL_VERSION,
+    REQUESTS,
+    ProtocolError,
+    RespondRequest,
+    encode_frame,
+    read_frame,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from engine.events import Event
+    from engine.model.lyra import LyraModel
+    from engine.session import Session, TurnRequest
+
+NO_MODEL = "no model loaded; load one first"
+MAX_ERROR_CHARS = 500
+STOP_GRACE_S = 5.0  # after shutdown or the app leaving, how long a model load may hold the process
+
+Job = tuple[str, Callable[[], None]]  # the request id to name in an error, the work
+
+
+class Connection:
+    """Sends frames to the app from any thread; after the app is gone, sends are dropped."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+
+    def send(self, kind: str, frame_id: str, payload: bytes = b"", **fields: object) -> None:
+        data = encode_frame({"type": kind, "id": frame_id, **fields}, payload)
+        # OSError: the app is gone; the reader sees that too and stops the engine.
+        with self.lock, contextlib.suppress(OSError):
+            self.sock.sendall(data)
+
+    def error(self, frame_id: str, message: str) -> None:
+        self.send("error", frame_id, message=message)
+
+
+def digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+@dataclass
+class Prefetched:
+    digest: bytes
+    image: Image.Image
+    pixel_values: torch.Tensor
+    grid_thw: torch.Tensor
+    embeds: torch.Tensor
+
+    def matches(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> bool:
+        """Same patches, so the same embeddings; comparing costs milliseconds, the vision tower far more."""
+        import torch
+
+        return torch.equal(grid_thw, self.grid_thw) and torch.equal(pixel_values, self.pixel_values)
+
+
+class ImageCache:
+    """The last prefetched image, decoded and through the vision tower.
+
+    `Session.respond` prepares the image it is given and calls `model.encode_image`; this cache
+    shadows that method on the model instance and answers with the stored embeddings when the
+    patches are the prefetched ones, so a turn about a prefetched image skips the vision tower.
+    """
+
+    def __init__(self, model: LyraModel, max_image_side: int) -> None:
+        self.encode_uncached = model.encode_image
+        self.max_image_side = max_image_side
+        self.entry: Prefetched | None = None
+        model.encode_image = self.encode  # type: ignore[method-assign]
+
+    def prefetch(self, data: bytes) -> None:
+        from engine.media import open_image, prepare_image
+
+        key = digest(data)
+        if self.entry is not None and self.entry.digest == key:
+            return
+        image = open_image(data)
+        prepared = prepare_image(image, self.max_image_side)
+        embeds = self.encode_uncached(prepared.pixel_values, prepared.grid_thw)
+        self.entry = Prefetched(key, image, prepared.pixel_values, prepared.grid_thw, embeds)
+
+    def image(self, data: bytes) -> Image.Image:
+        """The decoded image; the prefetched object itself when these are its bytes."""
+        from engine.media import open_image
+
+        if self.entry is not None and self.entry.digest == digest(data):
+            return self.entry.image
+        return open_image(data)
+
+    def encode(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        if self.entry is not None and self.entry.matches(pixel_values, grid_thw):
+            return self.entry.embeds
+        return self.encode_uncached(pixel_values, grid_thw)
+
+
+class Engine:
+    """Request handling: the reader thread calls `receive`, the main thread runs `work`."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self.session: Session | None = None
+        self.images: ImageCache | None = None
+        self.turn: tuple[str, threading.Event] | None = None  # accepted and not yet done
+        self.turn_lock = threading.Lock()
+        self.finished = threading.Event()  # the model work has stopped
+
+    # ---- reader thread -----------------------------------------------------------------------
+
+    def receive(self, header: dict, payload: bytes) -> bool:
+        """Handle one request; False when the app asked the engine to shut down."""
+        kind, frame_id = header["type"], header["id"]
+        if kind == "ping":
+            self.connection.send("pong", frame_id)
+        elif kind == "cancel":
+            self.cancel(frame_id)
+        elif kind == "shutdown":
+            return False
+        elif kind == "respond":
+            self.accept_turn(header, payload)
+        elif kind == "load_model":
+            self.jobs.put((frame_id, lambda: self.load_model(frame_id, header)))
+        elif kind == "prefetch":
+            self.jobs.put((frame_id, lambda: self.prefetch(frame_id, payload)))
+        elif kind == "reset":
+            self.jobs.put((frame_id, self.reset))
+        else:
+            self.connection.error(frame_id, f"{kind!r} is not a request; requests are {', '.join(sorted(REQUESTS))}")
+        return True
+
+    def cancel(self, turn_id: str) -> None:
+        # A cancel that arrives after its turn ended is not an error: the two crossed on the wire.
+        with self.turn_lock:
+            if self.turn is not None and self.turn[0] == turn_id:
+                self.turn[1].set()
+
+    def accept_turn(self, header: dict, payload: bytes) -> None:
+        try:
+            request = RespondRequest.decode(header, payload)
+        except ProtocolError as err:
+            self.connection.error(err.frame_id, str(err))
+            return
+        with self.turn_lock:
+            if self.turn is not None:
+                self.connection.error(request.turn_id, f"turn {self.turn[0]} is still running; wait for its "
+                                                       "turn_done or cancel it, then send this turn again")
+                return
+            cancel = threading.Event()
+            self.turn = (request.turn_id, cancel)
+        self.jobs.put((request.turn_id, lambda: self.respond(request, cancel)))
+
+    def stop(self) -> None:
+        """Drop queued work, cancel the running turn and let the model work end."""
+        while not self.jobs.empty():
+            self.jobs.get_nowait()
+        with self.turn_lock:
+            if self.turn is not None:
+                self.turn[1].set()
+        self.jobs.put(None)
+
+    # ---- main thread -------------------------------------------------------------------------
+
+    def work(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            frame_id, run = job
+            try:
+                run()
+            except OmnivoxError as err:
+                self.connection.error(frame_id, str(err))
+            except Exception as err:  # a bug or an environment fault (out of memory): report, keep serving
+                traceback.print_exc(file=sys.stderr)
+                message = f"internal failure ({type(err).__name__}: {err})"
+                self.connection.error(frame_id, " ".join(message.split())[:MAX_ERROR_CHARS])
+
+    def load_model(self, frame_id: str, header: dict) -> None:
+        folder, mode, device, vocoder = (header.get(name) for name in ("model", "precision", "device", "vocoder"))
+        if not (isinstance(folder, str) and folder):
+            raise OmnivoxError("load_model needs a model folder")
+        if not all(value is None or isinstance(value, str) for value in (mode, device, vocoder)):
+            raise OmnivoxError("load_model: precision, device and vocoder must be strings or null")
+        self.session = self.images = None  # free the old model before the new one takes memory;
+        gc.collect()  # the image cache and the model refer to each other, so only the collector frees them
+        started = time.perf_counter()
+        self.connection.send("progress", frame_id, stage="starting the model runtime", fraction=0.0)
+        from engine.loading import load_lyra  # torch and transformers load here, not at start-up
+        from engine.quantize import Precision
+        from engine.session import Session
+
+        precision = Precision.parse(mode, device)
+        self.connection.send("progress", frame_id, stage="reading weights", fraction=0.3)
+        lyra = load_lyra(Path(folder), precision, Path(vocoder) if vocoder else None)
+        self.session = Session(lyra)
+        self.images = ImageCache(lyra.model, self.session.max_image_side)
+        self.connection.send("model_loaded", frame_id, model=folder, precision=precision.mode,
+                             device=str(precision.device), load_ms=round((time.perf_counter() - started) * 1000, 1))
+
+    def prefetch(self, frame_id: str, image: bytes) -> None:
+        if self.images is None:
+            raise OmnivoxError(NO_MODEL)
+        self.images.prefetch(image)
+        self.connection.send("progress", frame_id, stage="image ready", fraction=1.0)
+
+    def reset(self) -> None:
+        if self.session is not None:
+            self.session.reset()
+
+    def respond(self, request: RespondRequest, cancel: threading.Event) -> None:
+        from engine.events import TurnDone
+
+        try:
+            if self.session is None or self.images is None:
+                raise OmnivoxError(NO_MODEL)
+            for event in self.session.respond(turn_request(request, self.images), cancel):
+                if isinstance(event, TurnDone):
+                    self.end_turn(cancel)  # before turn_done leaves, so the app's next respond is welcome
+                self.send_event(request.turn_id, event)
+        finally:
+            self.end_turn(cancel)
+
+    def end_turn(self, cancel: threading.Event) -> None:
+        with self.turn_lock:
+            if self.turn is not None and self.turn[1] is cancel:
+                self.turn = None
+
+    def send_event(self, turn_id: str, event: Event) -> None:
+        import numpy as np
+
+        from engine.events import AudioChunk, TextDelta
+
+        if isinstance(event, TextDelta):
+            self.connection.send("text_delta", turn_id, text=event.text)
+        elif isinstance(event, AudioChunk):
+            pcm = np.ascontiguousarray(event.pcm, dtype="<f4")
+            self.connection.send("audio_chunk", turn_id, pcm.tobytes(), sample_rate=event.sample_rate,
+                                 samples=int(pcm.size))
+        else:
+            self.connection.send("turn_done", turn_id, text=event.text, audio_seconds=event.audio_seconds,
+                                 timings_ms=event.timings_ms, tokens=event.tokens, adapter=event.adapter,
+                                 cancelled=event.cancelled)
+
+
+def turn_request(request: RespondRequest, images: ImageCache) -> TurnRequest:
+    import numpy as np
+
+    from engine.media import speech_from_pcm
+    from engine.session import TurnRequest
+
+    speech = None
+    if request.speech is not None:
+        speech = speech_from_pcm(np.frombuffer(request.speech, dtype="<f4"), request.sample_rate)
+    image = images.image(request.image) if request.image is not None else None
+    return TurnRequest(speech=speech, image=image, text=request.text, max_new_tokens=request.max_new_tokens,
+                       speak=request.speak)
+
+
+def serve(sock: socket.socket) -> None:
+    """Serve one app until it leaves or sends shutdown.
+
+    Model work runs on the main thread and requests are read on another: in benchmarks/engine_ipc.py
+    turns took a few ms longer when torch ran on a secondary thread.
+    """
+    connection = Connection(sock)
+    engine = Engine(connection)
+    connection.send("ready", "", pid=os.getpid(), protocol=PROTOCOL_VERSION)
+    threading.Thread(target=read_requests, args=(sock, engine), name="omnivox-reader", daemon=True).start()
+    engine.work()
+    engine.finished.set()
+
+
+def read_requests(sock: socket.socket, engine: Engine) -> None:
+    stream = sock.makefile("rb")
+    while True:
+        try:
+            header, payload = read_frame(stream, sender="app")
+        except ProtocolError as err:
+            engine.connection.error(err.frame_id, str(err))
+            continue
+        except (EOFError, OSError):
+            break
+        if not engine.receive(header, payload):
+            break
+    engine.stop()
+    # A cancelled turn ends within a decode step, but a model load cannot be interrupted.
+    if not engine.finished.wait(STOP_GRACE_S):
+        os._exit(0)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.server", description="The Omnivox engine process.")
+    parser.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 0),
+                        help="HOST:PORT to accept the app on (default 127.0.0.1:0, a free port)")
+    parser.add_argument("--accept-timeout", type=float, default=60.0,
+                        help="seconds to wait for the app to connect before giving up")
+    args = parser.parse_args(argv)
+    with socket.create_server(args.listen) as server:
+        print(f"{PORT_ANNOUNCEMENT} {server.getsockname()[1]}", flush=True)
+        server.settimeout(args.accept_timeout)
+        try:
+            sock, _ = server.accept()
+        except TimeoutError:
+            print(f"error: no app connected within {args.accept_timeout:g} s", file=sys.stderr)
+            return 1
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # events are small and latency-bound
+    with sock:
+        serve(sock)
+    return 0
+
+
+if __name__ == "__main__":
+    status = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)  # skip torch's seconds-long interpreter teardown: the app is gone, nothing is left to save

@@ -1,0 +1,236 @@
+"""The engine process for real: `python -m engine.server` on the test checkpoint, driven over its socket."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.protocol import (
+    MAX_HEADER,
+    MAX_PAYLOAD,
+    PORT_ANNOUNCEMENT,
+    PROTOCOL_VERSION,
+    Frame,
+    RespondRequest,
+    encode_frame,
+    read_frame,
+)
+from tests.signals import tone
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class EngineProcess:
+    """A running engine process and the test's connection to it."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "engine.server", "--listen", "127.0.0.1:0"],
+                                        cwd=ROOT, stdout=subprocess.PIPE)
+        assert self.process.stdout is not None
+        name, port = self.process.stdout.readline().decode().split()
+        assert name == PORT_ANNOUNCEMENT
+        self.sock = socket.create_connection(("127.0.0.1", int(port)), timeout=60)
+        self.stream = self.sock.makefile("rb")
+        self.ready = self.next()
+
+    def send(self, frame: bytes) -> None:
+        self.sock.sendall(frame)
+
+    def request(self, kind: str, frame_id: str, payload: bytes = b"", **fields: object) -> None:
+        self.send(encode_frame({"type": kind, "id": frame_id, **fields}, payload))
+
+    def next(self) -> Frame:
+        return read_frame(self.stream, sender="engine")
+
+    def until(self, frame_id: str, *kinds: str) -> list[Frame]:
+        """Every frame up to and including the first of `kinds` for `frame_id`."""
+        frames = [self.next()]
+        while not (frames[-1][0]["id"] == frame_id and frames[-1][0]["type"] in kinds):
+            frames.append(self.next())
+        return frames
+
+    def load(self, folder: Path) -> dict:
+        self.request("load_model", "load", model=str(folder), precision="fp32", device="cpu")
+        loaded = self.until("load", "model_loaded", "error")[-1][0]
+        assert loaded["type"] == "model_loaded", loaded
+        return loaded
+
+    def turn(self, request: RespondRequest) -> list[Frame]:
+        self.request("reset", "r")  # every test turn starts a fresh conversation
+        self.send(request.encode())
+        return self.until(request.turn_id, "turn_done", "error")
+
+    def close(self) -> None:
+        self.request("shutdown", "bye")
+        assert self.process.wait(timeout=20) == 0
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def bare_engine() -> Iterator[EngineProcess]:
+    engine = EngineProcess()
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def engine(test_model: Path) -> Iterator[EngineProcess]:
+    engine = EngineProcess()
+    engine.load(test_model)
+    yield engine
+    engine.close()
+
+
+def raw_frame(header: dict | bytes, payload: bytes = b"") -> bytes:
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack(">I", len(raw)) + raw + payload
+
+
+def png(size: int, seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_engine_is_alive_at_once_and_imports_no_torch_until_a_model(bare_engine: EngineProcess) -> None:
+    assert bare_engine.ready[0]["type"] == "ready" and bare_engine.ready[0]["protocol"] == PROTOCOL_VERSION
+    assert bare_engine.ready[0]["pid"] == bare_engine.process.pid
+    bare_engine.request("ping", "p1")
+    assert bare_engine.next()[0] == {"type": "pong", "id": "p1", "v": PROTOCOL_VERSION, "payload_size": 0}
+    code = "import sys, engine.server; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+
+
+def test_respond_and_prefetch_without_a_model_are_refused(bare_engine: EngineProcess) -> None:
+    bare_engine.send(RespondRequest("t1", text="hello", max_new_tokens=4).encode())
+    bare_engine.request("prefetch", "f1", png(32, 0))
+    for frame_id in ("t1", "f1"):
+        error = bare_engine.next()[0]
+        assert (error["type"], error["id"], error["message"]) == ("error", frame_id, "no model loaded; load one first")
+
+
+BAD_MESSAGES = [
+    (raw_frame(b"{oops"), "", "malformed frame header: Expecting property name"),
+    (raw_frame({"v": 1, "type": "respond", "id": "m1"}), "m1", "frame header lacks payload_size"),
+    (raw_frame({"v": 1, "type": "dance", "id": "u1", "payload_size": 2}, b"!!"), "u1", "unknown message type 'dance'"),
+    (raw_frame({"v": PROTOCOL_VERSION + 1, "type": "respond", "id": "n1", "payload_size": 3}, b"abc"), "n1",
+     f"app speaks protocol {PROTOCOL_VERSION + 1}, engine speaks {PROTOCOL_VERSION}; update Omnivox"),
+    (raw_frame(b"x" * (MAX_HEADER + 5)), "", f"frame header of {MAX_HEADER + 5} bytes is over"),
+    (encode_frame({"type": "pong", "id": "e1"}), "e1", "'pong' is not a request"),
+    (raw_frame({"v": 1, "type": "respond", "id": "r1", "payload_size": 3, "parts": {"text": 2}}, b"abc"), "r1",
+     "respond r1: parts add up to 2 bytes but the payload has 3"),
+    (encode_frame({"type": "load_model", "id": "l1"}), "l1", "load_model needs a model folder"),
+]
+
+
+def test_bad_messages_are_answered_and_the_connection_stays_up(bare_engine: EngineProcess) -> None:
+    for frame, frame_id, message in BAD_MESSAGES:
+        bare_engine.send(frame)
+        error = bare_engine.next()[0]
+        assert error["type"] == "error" and error["id"] == frame_id and message in error["message"], error
+    bare_engine.request("cancel", "no-such-turn")  # a cancel that crossed its turn's end is not an error
+    bare_engine.request("ping", "still-there")
+    assert bare_engine.next()[0]["id"] == "still-there"
+
+
+def test_oversized_payload_is_refused_and_skipped(bare_engine: EngineProcess) -> None:
+    size = MAX_PAYLOAD + 1
+    bare_engine.send(raw_frame({"v": 1, "type": "prefetch", "id": "huge", "payload_size": size}))
+    chunk = bytes(1 << 20)
+    for start in range(0, size, len(chunk)):
+        bare_engine.send(chunk[: min(len(chunk), size - start)])
+    bare_engine.request("ping", "after")
+    error, pong = bare_engine.next()[0], bare_engine.next()[0]
+    assert error["id"] == "huge" and f"payload of {size} bytes is over the {MAX_PAYLOAD}-byte limit" in error["message"]
+    assert pong["type"] == "pong"
+
+
+def test_loading_a_missing_model_is_one_error_line(bare_engine: EngineProcess, tmp_path: Path) -> None:
+    bare_engine.request("load_model", "bad", model=str(tmp_path / "nowhere"), precision="fp32", device="cpu")
+    frames = bare_engine.until("bad", "model_loaded", "error")
+    assert [h["type"] for h, _ in frames[:-1]] == ["progress", "progress"]
+    message = f"{tmp_path / 'nowhere'}: no such model folder; download a model or pass --model DIR."
+    assert frames[-1][0]["message"] == message
+
+
+def test_full_spoken_turn(engine: EngineProcess) -> None:
+    speech = tone(2.0, 44100).astype("<f4").tobytes()
+    frames = engine.turn(RespondRequest("s1", speech=speech, sample_rate=44100, max_new_tokens=16))
+    done = frames[-1][0]
+    assert done["type"] == "turn_done" and not done["cancelled"] and done["adapter"] == "speech"
+    assert done["tokens"]["speech"] == 300 and 1 <= done["tokens"]["generated"] <= 16
+    assert "".join(h["text"] for h, _ in frames if h["type"] == "text_delta") == done["text"]
+    chunks = [(h, p) for h, p in frames if h["type"] == "audio_chunk"]
+    assert chunks and all(h["sample_rate"] == 16000 and len(p) == 4 * h["samples"] for h, p in chunks)
+    audio = np.frombuffer(b"".join(p for _, p in chunks), dtype="<f4")
+    assert np.isfinite(audio).all() and len(audio) / 16000 == pytest.approx(done["audio_seconds"])
+    assert set(done["timings_ms"]) >= {"encode", "prefill", "first_text", "first_audio", "total"}
+
+
+def test_cancel_mid_reply(engine: EngineProcess) -> None:
+    engine.request("reset", "r")
+    engine.send(RespondRequest("c1", text="Tell me a long story.", max_new_tokens=16).encode())
+    engine.until("c1", "text_delta")
+    engine.request("cancel", "c1")
+    done = engine.until("c1", "turn_done")[-1][0]
+    assert done["cancelled"] and done["tokens"]["generated"] < 16
+
+
+def test_second_respond_is_refused_while_one_runs(engine: EngineProcess) -> None:
+    engine.request("reset", "r")
+    first = RespondRequest("a1", text="First question?", max_new_tokens=8, speak=False)
+    second = RespondRequest("b1", text="Second question?", max_new_tokens=4, speak=False)
+    engine.send(first.encode() + second.encode())
+    frames = engine.until("a1", "turn_done")
+    about_second = [h for h, _ in frames if h["id"] == "b1"]
+    assert [h["type"] for h in about_second] == ["error"]
+    assert "turn a1 is still running" in about_second[0]["message"]
+    engine.send(second.encode())  # sent the moment turn_done arrived: the engine is free by then
+    assert engine.until("b1", "turn_done", "error")[-1][0]["type"] == "turn_done"
+
+
+def prefetch(engine: EngineProcess, image: bytes) -> None:
+    engine.request("prefetch", "f", image)
+    assert engine.until("f", "progress", "error")[-1][0].get("stage") == "image ready"
+
+
+def wall_ms_to_reply(engine: EngineProcess, request: RespondRequest) -> tuple[float, dict]:
+    engine.request("reset", "r")
+    engine.request("ping", "synced")
+    engine.until("synced", "pong")
+    started = time.perf_counter()
+    engine.send(request.encode())
+    done = engine.until(request.turn_id, "turn_done", "error")[-1][0]
+    assert done["type"] == "turn_done", done
+    return (time.perf_counter() - started) * 1000, done
+
+
+def test_prefetch_spares_the_vision_tower_and_changes_nothing(engine: EngineProcess) -> None:
+    engine.request("prefetch", "bad", b"not an image")
+    assert "not a readable image" in engine.until("bad", "error")[-1][0]["message"]
+
+    picture, small = png(896, 1), png(56, 2)
+    question = RespondRequest("q", image=picture, text="What is this?", max_new_tokens=1, speak=False)
+    warm, cold = [], []
+    for _ in range(3):  # best of three: other work on the machine adds noise to single turns
+        prefetch(engine, picture)
+        warm.append(wall_ms_to_reply(engine, question))
+        prefetch(engine, small)  # the cache holds one image: this evicts the picture
+        cold.append(wall_ms_to_reply(engine, question))
+    assert len({done["text"] for _, done in warm + cold}) == 1
+    assert {done["tokens"]["image"] for _, done in warm + cold} == {1024}
+    ratio = min(ms for ms, _ in warm) / min(ms for ms, _ in cold)
+    assert ratio < 0.85, (warm, cold)
