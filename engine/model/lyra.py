@@ -154,13 +154,23 @@ class LyraModel(nn.Module):
         """
         length = hidden.shape[1]
         past = cache.get_seq_length(index) if index < len(cache.layers) else 0
-        # Flash attention aligns a causal block to the end of the cache by itself; SDPA and eager
-        # need the mask (a single decode query sees every cached key, so it needs none).
-        needs_mask = length > 1 and not self.llm.config._attn_implementation.startswith("flash")
-        mask = causal_mask(length, past, hidden.dtype, hidden.device) if needs_mask else None
+        mask = causal_mask(length, past, hidden.dtype, hidden.device) if self.needs_mask(length, past) else None
         return self.llm.layers[index](
             hidden, attention_mask=mask, position_embeddings=rotary, cache=cache, use_cache=True
         )
+
+    def needs_mask(self, length: int, past: int) -> bool:
+        """Whether attention needs an explicit causal mask for `length` new queries after `past` keys.
+
+        A single decode query sees every cached key. Flash attention aligns a causal block to the
+        end of the cache by itself, and SDPA's own is_causal is right when there is no past (a
+        T×T float mask would cost 1 GB at 16k tokens). SDPA after a past (its is_causal would
+        align to the start) and eager attention (no causality of its own) get the mask.
+        """
+        implementation = self.llm.config._attn_implementation
+        if length == 1 or implementation.startswith("flash"):
+            return False
+        return not (implementation == "sdpa" and past == 0)
 
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.llm.norm(hidden)

@@ -44,7 +44,7 @@ def test_nf4_logits_stay_close_to_fp32(lyra_fp32, lyra_nf4) -> None:
     reference = first_logits(lyra_fp32, "Describe the picture, please.")
     quantized = first_logits(lyra_nf4, "Describe the picture, please.")
     relative_error = (quantized - reference).norm() / reference.norm()
-    assert relative_error < 0.2
+    assert relative_error < 0.3  # NF4 of random weights: ~0.15–0.2; a broken path is ~1
     assert torch.nn.functional.cosine_similarity(quantized, reference, dim=0) > 0.98
 
 
