@@ -1,0 +1,1 @@
+"""What the assistant sees: camera frames, screen captures and dropped or pasted images."""

@@ -1,0 +1,51 @@
+"""End to end: the real window, the real engine process on the test checkpoint, the real `history` command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, Qt
+
+from app.engine_client import EngineClient
+from app.history import HistoryStore
+from app.window import MainWindow, ModelChoice
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_typed_turn_through_the_engine_appears_in_the_window_and_the_history(qtbot, test_model: Path,
+                                                                               tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    store = HistoryStore.open(data)
+    window = MainWindow(EngineClient(), store, QSettings(str(data / "settings.ini"), QSettings.Format.IniFormat),
+                        model=ModelChoice(str(test_model), "fp32", "cpu"), max_new_tokens=8)
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    try:
+        with qtbot.waitSignal(window.engine.modelLoaded, timeout=120_000):
+            pass
+        assert window.engine_status.text() == "Engine: Lyra_Test (fp32 on cpu)"
+        with qtbot.waitSignal(window.chat.replyEnded, timeout=120_000) as ended:
+            window.message.setFocus()
+            qtbot.keyClicks(window.message, "Describe the picture, please.")
+            qtbot.keyClick(window.message, Qt.Key.Key_Return)
+        assert ended.args == [False]
+        user, reply = window.view.widgets.values()
+        assert user.body.text() == "Describe the picture, please." and reply.body.text()
+        assert reply.footer.text().startswith("first words")
+    finally:
+        window.close()  # stops the engine process
+        store.close()
+
+    out = subprocess.run([sys.executable, "main.py", "history", "--data-dir", str(data), "--json"], cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    [conversation] = json.loads(out.stdout)["conversations"]
+    asked, answered = conversation["turns"]
+    assert (asked["role"], asked["text"]) == ("user", "Describe the picture, please.")
+    assert answered["role"] == "assistant" and answered["text"] == reply.body.text()
+    assert Path(answered["audio_file"]).is_file() and answered["timings"]["total"] > 0
+    assert conversation["title"] == "Describe the picture, please."
