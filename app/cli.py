@@ -20,6 +20,8 @@ def add_gui_options(parser: argparse.ArgumentParser) -> None:
                         help="folder for history and settings (default: the user data folder)")
     parser.add_argument("--precision", choices=PRECISIONS, help="model precision (default: nf4 on CUDA)")
     parser.add_argument("--device", choices=DEVICES, help="where the model runs (default: cuda when available)")
+    parser.add_argument("--no-voice", action="store_true",
+                        help="typed turns only: leave the microphone and speaker alone")
     # For benchmarks: print a marker line once the window is on screen.
     parser.add_argument("--print-shown", action="store_true", help=argparse.SUPPRESS)
 

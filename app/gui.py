@@ -14,9 +14,14 @@ import time
 from PySide6.QtCore import QEvent, QObject, QTimer
 from PySide6.QtWidgets import QApplication
 
+from app.audio.capture import Capture
+from app.audio.playback import Playback
 from app.engine_client import EngineClient
 from app.history import HistoryStore
-from app.settings import load_preferences, open_settings
+from app.settings import Preferences, load_preferences, open_settings
+from app.visual.context import Snapshot
+from app.visual.frames import png_from_qimage
+from app.voice_controller import VoiceController, VoiceSettings, WindowVoice
 from app.window import MainWindow, ModelChoice
 from app.window.theme import apply_theme, icon
 
@@ -38,6 +43,23 @@ class FirstExpose(QObject):
         return False
 
 
+def voice_loop(engine: EngineClient, prefs: Preferences) -> WindowVoice:
+    """Microphone → endpointer → engine, and the speaker, as chosen in Settings."""
+    settings = VoiceSettings(mode="hands_free" if prefs.hands_free else "push_to_talk",
+                             sensitivity=prefs.vad_sensitivity, barge_in=prefs.barge_in,
+                             headphones=prefs.output == "headphones")
+    playback = Playback(remembered=prefs.speaker or None)
+    controller = VoiceController(engine, playback, lambda: Capture(remembered=prefs.microphone or None),
+                                 settings=settings)
+    return WindowVoice(controller)
+
+
+def snapshot_png(snapshot: Snapshot | None) -> bytes | None:
+    if snapshot is None:
+        return None
+    return snapshot.png or png_from_qimage(snapshot.image)
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     app = QApplication.instance() or QApplication(sys.argv[:1])
@@ -53,7 +75,11 @@ def run(args: argparse.Namespace) -> int:
     if args.model is not None:
         model = ModelChoice(str(args.model), args.precision or prefs.precision or None,
                             args.device or prefs.device or None)
-    window = MainWindow(EngineClient(), store, settings, model=model)
+    engine = EngineClient()
+    voice = None if args.no_voice else voice_loop(engine, prefs)
+    window = MainWindow(engine, store, settings, model=model, voice=voice)
+    if voice is not None:  # the picture attached to a spoken turn: whatever the window's context shows
+        voice.controller.visual_context = lambda: snapshot_png(window.context.snapshot())
     if args.print_shown:
         window.winId()  # creates the native window, so its first expose can be watched
         marker = FirstExpose(started)

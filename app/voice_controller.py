@@ -42,6 +42,8 @@ from app.audio.playback import Playback
 
 if TYPE_CHECKING:
     from app.engine_client import EngineClient
+    from app.settings import Preferences
+    from app.voice import VoiceSink
 
 IDLE, LISTENING, USER_SPEAKING, THINKING, SPEAKING = "idle", "listening", "user speaking", "thinking", "speaking"
 STATES = (IDLE, LISTENING, USER_SPEAKING, THINKING, SPEAKING)  # the same names as app/voice.py's indicator states
@@ -155,6 +157,7 @@ class VoiceController(QObject):
     notice = Signal(str)  # one line for the user: microphone or speaker trouble, a failed turn
     replyText = Signal(str, str)  # turn id, text delta
     turnFinished = Signal(str, object)  # turn id, Turn.record(); object, so the bytes stay bytes
+    turnSent = Signal(str, bytes, int, object)  # turn id, int16 speech, its rate, the attached image (or None)
     heard = Signal(object)  # internal: a Heard from the reader thread, delivered on the GUI thread
 
     def __init__(self, engine: EngineClient, playback: Playback, open_capture: Callable[[], Capture] = Capture,
@@ -338,6 +341,8 @@ class VoiceController(QObject):
                                       self.settings.max_new_tokens)
         self.turn = Turn(turn_id, pcm, text, image, speech_end, endpoint, request_sent=self.clock())
         self.set_state(THINKING)
+        if pcm:
+            self.turnSent.emit(turn_id, pcm, SAMPLE_RATE, image)
         return turn_id
 
     def current(self, turn_id: str) -> Turn | None:
@@ -439,3 +444,50 @@ class VoiceController(QObject):
         if state != self.state:
             self.state = state
             self.stateChanged.emit(state)
+
+
+class WindowVoice(QObject):
+    """Fits a VoiceController to the window's seam (app/voice.py), on its "controller sends" path.
+
+    The controller sends spoken turns and plays their replies itself; the window adopts each sent
+    turn to show and store it. Replies to typed turns (sent by the window) arrive through `play`.
+    """
+
+    def __init__(self, controller: VoiceController, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.controller = controller
+
+    def attach(self, window: VoiceSink) -> None:
+        controller = self.controller
+        controller.levelChanged.connect(window.set_mic_level)
+        controller.stateChanged.connect(window.set_voice_state)
+        controller.notice.connect(window.show_notice)
+        controller.turnSent.connect(window.on_turn_sent)
+        controller.start()
+
+    def set_hands_free(self, on: bool) -> None:
+        self.controller.set_mode("hands_free" if on else "push_to_talk")
+
+    def press_to_talk(self) -> None:
+        self.controller.press()
+
+    def release_to_talk(self) -> None:
+        self.controller.release()
+
+    def play(self, pcm: bytes, rate: int) -> None:
+        if self.controller.turn is not None:
+            return  # a spoken turn's reply: the controller is already playing it
+        if rate != SAMPLE_RATE:
+            pcm = soxr.resample(np.frombuffer(pcm, "<f4"), rate, SAMPLE_RATE).astype("<f4").tobytes()
+        self.controller.playback.write(pcm)
+
+    def stop_playback(self) -> None:
+        self.controller.stop()  # silences the speaker whichever turn it was playing
+
+    def apply_preferences(self, prefs: Preferences) -> None:
+        self.controller.set_sensitivity(prefs.vad_sensitivity)
+        self.controller.set_headphones(prefs.output == "headphones")
+        self.controller.set_barge_in(prefs.barge_in)
+
+    def shutdown(self) -> None:
+        self.controller.shutdown()

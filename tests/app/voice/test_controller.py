@@ -20,7 +20,7 @@ from PySide6.QtCore import QObject, Signal  # noqa: E402
 from app.audio.capture import Capture  # noqa: E402
 from app.audio.endpointer import Level, SpeechEnded, SpeechStarted  # noqa: E402
 from app.audio.playback import Playback  # noqa: E402
-from app.voice_controller import Heard, LevelThrottle, VoiceController, VoiceSettings  # noqa: E402
+from app.voice_controller import Heard, LevelThrottle, VoiceController, VoiceSettings, WindowVoice  # noqa: E402
 from tests.app.audio.fake_sounddevice import FakeSoundDevice, device  # noqa: E402
 from tests.app.audio.test_endpointer import quiet, speech  # noqa: E402
 from tests.app.audio.test_listener import feed  # noqa: E402
@@ -435,3 +435,43 @@ def test_settings_reach_the_endpointer_on_its_thread(rig: Rig) -> None:
         rig.controller.set_sensitivity("loud")
     with pytest.raises(ValueError, match="mode"):
         rig.controller.set_mode("walkie-talkie")
+
+
+class RecordingWindow:
+    """The window's side of the seam (app/voice.py), recording what the adapter tells it."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int, bytes | None]] = []
+        self.states: list[str] = []
+        self.notices: list[str] = []
+        self.levels: list[float] = []
+
+    def set_mic_level(self, db: float) -> None:
+        self.levels.append(db)
+
+    def set_voice_state(self, state: str) -> None:
+        self.states.append(state)
+
+    def show_notice(self, message: str) -> None:
+        self.notices.append(message)
+
+    def on_turn_sent(self, turn_id: str, pcm: bytes, rate: int, image: bytes | None) -> None:
+        self.sent.append((turn_id, rate, image))
+
+
+def test_window_voice_reports_sent_turns_and_plays_only_typed_replies(make_rig) -> None:
+    rig = make_rig()
+    voice, window = WindowVoice(rig.controller), RecordingWindow()
+    voice.attach(window)  # starts listening
+    rig.say(np.concatenate([quiet(0.5), speech(1.0), quiet(1.2)]))
+    rig.wait_requests(1)
+    assert window.sent == [("t1", 16000, b"frame 1")] and window.states[-1] == "thinking"
+    voice.play(reply(0.5), 16000)  # the window echoing the spoken turn's reply: already played by the controller
+    assert rig.playback.buffered == 0
+    rig.engine.turnDone.emit("t1", {"text": "", "timings_ms": {}, "cancelled": False})
+    rig.play_out()
+    rig.wait_state("listening")
+    voice.play(reply(0.5, rate=8000), 8000)  # a typed turn's reply, at another rate
+    assert rig.playback.buffered / 16000 == pytest.approx(0.5, abs=0.02)  # the fake speaker runs at 16 kHz
+    voice.set_hands_free(False)
+    assert rig.controller.settings.mode == "push_to_talk"
