@@ -90,7 +90,7 @@ class ModelStore:
         cancel = cancel or threading.Event()
         report = progress or (lambda file, done, total: None)
         folder, files = self.download_repo(entry, report, cancel)
-        vocoder = self.download_vocoder(report, cancel)
+        vocoder = self.download_vocoder(folder / "vocoder", report, cancel)  # where the loader looks by default
         registry = self.registry()
         registry[name] = {"repo": entry.repo, "folder": str(folder), "vocoder": str(vocoder), "files": files}
         self.save_registry(registry)
@@ -117,8 +117,7 @@ class ModelStore:
             self.fetch_resumable(url, target, f"{entry.repo}/{filename}", report, cancel)
         return folder, files
 
-    def download_vocoder(self, report: ProgressCallback, cancel: threading.Event) -> Path:
-        folder = self.data_dir / "vocoder"
+    def download_vocoder(self, folder: Path, report: ProgressCallback, cancel: threading.Event) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         for filename in VOCODER_FILES:
             target = folder / filename

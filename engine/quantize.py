@@ -11,7 +11,6 @@ no matmul), norms, convolutions, the ViT patch merger, the speech projectors and
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass
 
@@ -29,9 +28,6 @@ QUANTIZED_LINEAR = re.compile(
     r"|speech_tower\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|fc[12])"
     r"|speech_generator\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj))$"
 )
-
-# bitsandbytes logs an optional-kernel miss on every CPU start; it is not actionable for users.
-logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)

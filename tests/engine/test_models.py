@@ -41,7 +41,8 @@ def test_download_reports_progress_and_installs_a_loadable_model(hub: HubStandIn
     from engine.loading import load_lyra
     from engine.quantize import Precision
 
-    assert load_lyra(paths.folder, Precision.parse("fp32", "cpu"), paths.vocoder).report.unexpected == []
+    assert paths.vocoder == paths.folder / "vocoder"  # found without --vocoder
+    assert load_lyra(paths.folder, Precision.parse("fp32", "cpu")).report.unexpected == []
 
 
 def test_an_interrupted_download_resumes_with_a_range_request(hub: HubStandIn, tmp_path: Path) -> None:
@@ -59,11 +60,11 @@ def test_an_interrupted_download_resumes_with_a_range_request(hub: HubStandIn, t
 
 def test_vocoder_download_resumes_with_a_range_request(hub: HubStandIn, tmp_path: Path) -> None:
     store = store_for(hub, tmp_path)
-    folder = tmp_path / "data" / "vocoder"
+    folder = tmp_path / "data" / "models" / NAME / "vocoder"
     folder.mkdir(parents=True)
     original = (hub.vocoder_folder / "g_00500000").read_bytes()
     (folder / "g_00500000.part").write_bytes(original[:100000])
-    store.download_vocoder(lambda *a: None, threading.Event())
+    store.download_vocoder(folder, lambda *a: None, threading.Event())
     assert (folder / "g_00500000").read_bytes() == original
 
 
