@@ -39,8 +39,10 @@ class HubStandIn:
         self.server.server_close()
 
     def repo_files(self) -> dict[str, Path]:
+        """The repository's files: the model folder without the vocoder, which the hub does not hold."""
         files = sorted(p for p in self.repo_folder.rglob("*") if p.is_file())
-        return {p.relative_to(self.repo_folder).as_posix(): p for p in files}
+        names = {p.relative_to(self.repo_folder).as_posix(): p for p in files}
+        return {name: path for name, path in names.items() if not name.startswith("vocoder/")}
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
         hub = self
