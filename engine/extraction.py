@@ -96,6 +96,28 @@ def select_tokens(scores: torch.Tensor, media_mask: torch.Tensor, keep_rate: flo
     return torch.cat([text_index, top_media]).sort().values
 
 
+@dataclass
+class PrefixState:
+    """A prompt prefix already run through layers [0, stop) while the user was still talking.
+
+    With extraction on, a prefix (system prompt and image) can only go up to the first scoring
+    layer: which of its media tokens later layers see depends on the question, which comes after.
+    Its output there (`hidden`) waits for the rest of the prompt; with extraction off it has been
+    through every layer and only the cache is needed.
+    """
+
+    hidden: torch.Tensor  # (1, P, H) output of layer stop - 1
+    positions: torch.Tensor  # (3, P)
+    media_mask: torch.Tensor  # (P,)
+    stop: int
+
+
+def prefix_stop(settings: ExtractionSettings | None, num_layers: int) -> int:
+    """How deep a prefix can be prefilled before the question is known."""
+    scoring = settings.scoring_layers(num_layers) if settings else []
+    return scoring[0] + 1 if scoring else num_layers
+
+
 def prefill(
     model: torch.nn.Module,
     hidden: torch.Tensor,
@@ -103,19 +125,32 @@ def prefill(
     media_mask: torch.Tensor,
     cache: Cache,
     settings: ExtractionSettings | None,
+    prefix: PrefixState | None = None,
 ) -> tuple[torch.Tensor, ExtractionStats]:
     """Run a prompt (1, T, H) through every layer, extracting media at block boundaries.
 
-    Returns the final position's hidden state (before the final norm) and what was kept.
+    With `prefix`, the prompt continues one prefilled ahead: it joins the prefix's tokens at the
+    prefix's stop layer. Returns the final position's hidden state (before the final norm) and
+    what was kept.
     """
-    stats = ExtractionStats(media_in=int(media_mask.sum()), media_kept_per_block=[int(media_mask.sum())])
     layers = len(model.llm.layers)
-    scoring = set(settings.scoring_layers(layers)) if settings and stats.media_in else set()
+    merge_at = prefix.stop - 1 if prefix is not None and prefix.stop < layers else None
+    media_in = int(media_mask.sum()) + (int(prefix.media_mask.sum()) if prefix is not None else 0)
+    stats = ExtractionStats(media_in=media_in, media_kept_per_block=[media_in])
+    scoring = set(settings.scoring_layers(layers)) if settings and media_in else set()
     rotary = model.rotary(hidden, positions)
     stats.kept_index = torch.arange(hidden.shape[1])
     for index in range(layers):
         layer_input = hidden
         hidden = model.run_layer(index, hidden, rotary, cache)
+        if index == merge_at:  # the prefix's tokens join here, ahead of this prompt's
+            joined = prefix.hidden.shape[1]  # type: ignore[union-attr]
+            layer_input = torch.cat([layer_input.new_zeros(1, joined, layer_input.shape[2]), layer_input], dim=1)
+            hidden = torch.cat([prefix.hidden, hidden], dim=1)  # type: ignore[union-attr]
+            positions = torch.cat([prefix.positions, positions], dim=1)  # type: ignore[union-attr]
+            media_mask = torch.cat([prefix.media_mask, media_mask])  # type: ignore[union-attr]
+            rotary = model.rotary(hidden, positions)
+            stats.kept_index = torch.arange(hidden.shape[1])
         if index not in scoring:
             continue
         text_after_media = ~media_mask & (torch.arange(media_mask.numel()) >= media_mask.nonzero()[0, 0])
@@ -132,6 +167,22 @@ def prefill(
         stats.kept_index = stats.kept_index[keep]
         stats.media_kept_per_block.append(int(media_mask.sum()))
     return hidden[:, -1:], stats
+
+
+def prefill_prefix(
+    model: torch.nn.Module,
+    hidden: torch.Tensor,
+    positions: torch.Tensor,
+    media_mask: torch.Tensor,
+    cache: Cache,
+    settings: ExtractionSettings | None,
+) -> PrefixState:
+    """Run a prefix (1, P, H) as deep as it can go before the question is known."""
+    stop = prefix_stop(settings, len(model.llm.layers))
+    rotary = model.rotary(hidden, positions)
+    for index in range(stop):
+        hidden = model.run_layer(index, hidden, rotary, cache)
+    return PrefixState(hidden, positions, media_mask, stop)
 
 
 def kv_cache_tokens(cache: Cache) -> int:

@@ -23,7 +23,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,11 +38,9 @@ from engine.protocol import (
 )
 
 if TYPE_CHECKING:
-    import torch
     from PIL import Image
 
     from engine.events import Event
-    from engine.model.lyra import LyraModel
     from engine.session import Session, TurnRequest
 
 NO_MODEL = "no model loaded; load one first"
@@ -74,58 +71,20 @@ def digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-@dataclass
-class Prefetched:
-    digest: bytes
-    image: Image.Image
-    pixel_values: torch.Tensor
-    grid_thw: torch.Tensor
-    embeds: torch.Tensor
+class LastImage:
+    """The last image received, decoded: a turn about the prefetched picture does not decode it again."""
 
-    def matches(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> bool:
-        """Same patches, so the same embeddings; comparing costs milliseconds, the vision tower far more."""
-        import torch
+    def __init__(self) -> None:
+        self.digest: bytes | None = None
+        self.image: Image.Image | None = None
 
-        return torch.equal(grid_thw, self.grid_thw) and torch.equal(pixel_values, self.pixel_values)
-
-
-class ImageCache:
-    """The last prefetched image, decoded and through the vision tower.
-
-    `Session.respond` prepares the image it is given and calls `model.encode_image`; this cache
-    shadows that method on the model instance and answers with the stored embeddings when the
-    patches are the prefetched ones, so a turn about a prefetched image skips the vision tower.
-    """
-
-    def __init__(self, model: LyraModel, max_image_side: int) -> None:
-        self.encode_uncached = model.encode_image
-        self.max_image_side = max_image_side
-        self.entry: Prefetched | None = None
-        model.encode_image = self.encode  # type: ignore[method-assign]
-
-    def prefetch(self, data: bytes) -> None:
-        from engine.media import open_image, prepare_image
-
-        key = digest(data)
-        if self.entry is not None and self.entry.digest == key:
-            return
-        image = open_image(data)
-        prepared = prepare_image(image, self.max_image_side)
-        embeds = self.encode_uncached(prepared.pixel_values, prepared.grid_thw)
-        self.entry = Prefetched(key, image, prepared.pixel_values, prepared.grid_thw, embeds)
-
-    def image(self, data: bytes) -> Image.Image:
-        """The decoded image; the prefetched object itself when these are its bytes."""
+    def decode(self, data: bytes) -> Image.Image:
         from engine.media import open_image
 
-        if self.entry is not None and self.entry.digest == digest(data):
-            return self.entry.image
-        return open_image(data)
-
-    def encode(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        if self.entry is not None and self.entry.matches(pixel_values, grid_thw):
-            return self.entry.embeds
-        return self.encode_uncached(pixel_values, grid_thw)
+        key = digest(data)
+        if key != self.digest or self.image is None:
+            self.image, self.digest = open_image(data), key
+        return self.image
 
 
 class Engine:
@@ -135,7 +94,7 @@ class Engine:
         self.connection = connection
         self.jobs: queue.Queue[Job | None] = queue.Queue()
         self.session: Session | None = None
-        self.images: ImageCache | None = None
+        self.images = LastImage()
         self.turn: tuple[str, threading.Event] | None = None  # accepted and not yet done
         self.turn_lock = threading.Lock()
         self.finished = threading.Event()  # the model work has stopped
@@ -213,8 +172,8 @@ class Engine:
             raise OmnivoxError("load_model needs a model folder")
         if not all(value is None or isinstance(value, str) for value in (mode, device, vocoder)):
             raise OmnivoxError("load_model: precision, device and vocoder must be strings or null")
-        self.session = self.images = None  # free the old model before the new one takes memory;
-        gc.collect()  # the image cache and the model refer to each other, so only the collector frees them
+        self.session = None  # free the old model before the new one takes memory
+        gc.collect()
         started = time.perf_counter()
         self.connection.send("progress", frame_id, stage="starting the model runtime", fraction=0.0)
         from engine.loading import load_lyra  # torch and transformers load here, not at start-up
@@ -225,14 +184,14 @@ class Engine:
         self.connection.send("progress", frame_id, stage="reading weights", fraction=0.3)
         lyra = load_lyra(Path(folder), precision, Path(vocoder) if vocoder else None)
         self.session = Session(lyra)
-        self.images = ImageCache(lyra.model, self.session.max_image_side)
         self.connection.send("model_loaded", frame_id, model=folder, precision=precision.mode,
                              device=str(precision.device), load_ms=round((time.perf_counter() - started) * 1000, 1))
 
     def prefetch(self, frame_id: str, image: bytes) -> None:
-        if self.images is None:
+        """Encode the picture and prefill the prompt up to it while the user is still talking."""
+        if self.session is None:
             raise OmnivoxError(NO_MODEL)
-        self.images.prefetch(image)
+        self.session.prefetch(self.images.decode(image))
         self.connection.send("progress", frame_id, stage="image ready", fraction=1.0)
 
     def reset(self) -> None:
@@ -243,7 +202,7 @@ class Engine:
         from engine.events import TurnDone
 
         try:
-            if self.session is None or self.images is None:
+            if self.session is None:
                 raise OmnivoxError(NO_MODEL)
             for event in self.session.respond(turn_request(request, self.images), cancel):
                 if isinstance(event, TurnDone):
@@ -274,7 +233,7 @@ class Engine:
                                  cancelled=event.cancelled)
 
 
-def turn_request(request: RespondRequest, images: ImageCache) -> TurnRequest:
+def turn_request(request: RespondRequest, images: LastImage) -> TurnRequest:
     import numpy as np
 
     from engine.media import speech_from_pcm
@@ -283,7 +242,7 @@ def turn_request(request: RespondRequest, images: ImageCache) -> TurnRequest:
     speech = None
     if request.speech is not None:
         speech = speech_from_pcm(np.frombuffer(request.speech, dtype="<f4"), request.sample_rate)
-    image = images.image(request.image) if request.image is not None else None
+    image = images.decode(request.image) if request.image is not None else None
     return TurnRequest(speech=speech, image=image, text=request.text, max_new_tokens=request.max_new_tokens,
                        speak=request.speak)
 

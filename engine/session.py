@@ -7,6 +7,7 @@ The cache keeps every earlier turn, so a follow-up question can refer to the fir
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from engine.extraction import ExtractionSettings
 from engine.loading import LoadedLyra, select_adapter
 from engine.media import DEFAULT_MAX_IMAGE_SIDE, Speech, prepare_image, speech_features
 from engine.model.kv_cache import GrowingCache
-from engine.prompt import Piece, chat_text, end_token_ids, mrope_positions, split_prompt, user_content
+from engine.prompt import IMAGE, Piece, chat_text, end_token_ids, mrope_positions, split_prompt, user_content
 from engine.speech_out import SpeechOutput
 
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -46,6 +47,19 @@ class TurnRequest:
             raise OmnivoxError("an image needs a question: add speech or text.")
         if self.max_new_tokens < 1:
             raise OmnivoxError(f"max new tokens must be at least 1, got {self.max_new_tokens}.")
+
+
+@dataclass(frozen=True)
+class Prefetched:
+    image: bytes  # image_key of the picture
+    pieces: list[Piece]  # the prompt up to and including the image
+    state: extraction.PrefixState
+    rollback: tuple[list[int], int]  # cache lengths and next position before the prefetch
+
+
+def image_key(image: Image.Image) -> bytes:
+    """Identifies a picture by its pixels (the same frame decoded twice gives the same key)."""
+    return hashlib.sha1(image.tobytes() + repr((image.size, image.mode)).encode()).digest()
 
 
 def adapter_for(speech: Speech | None) -> str | None:
@@ -75,6 +89,54 @@ class Session:
         self.cache = GrowingCache()
         self.next_position = 0
         self.turns = 0
+        self.prefetched: Prefetched | None = None
+
+    @torch.inference_mode()
+    def prefetch(self, image: Image.Image) -> None:
+        """While the user is still talking: encode the image and prefill the prompt up to it.
+
+        The next `respond` about the same picture continues from there; any other turn first
+        rolls the cache back, so a prefetch never changes an answer, only how soon it comes.
+        """
+        self.drop_prefetch()
+        embeds, grid = self.encode_image(image)
+        prefix_text = self.turn_prompt(user_content(True, False, None))
+        prefix_text = prefix_text[: prefix_text.index(IMAGE) + len(IMAGE)]
+        pieces = split_prompt(self.lyra.tokenizer, prefix_text, grid)
+        start = (self.cache.lengths(), self.next_position)
+        positions, self.next_position = mrope_positions(pieces, self.next_position)
+        media_mask = torch.tensor([piece.is_media for piece in pieces for _ in range(piece.length)])
+        model = self.lyra.model
+        state = extraction.prefill_prefix(model, self.embed_pieces(pieces, {"image": embeds})[None].to(model.dtype),
+                                          positions, media_mask, self.cache, self.extraction)
+        self.prefetched = Prefetched(image_key(image), pieces, state, start)
+
+    def drop_prefetch(self) -> None:
+        if self.prefetched is not None:
+            lengths, self.next_position = self.prefetched.rollback
+            self.cache.truncate(lengths)
+            self.prefetched = None
+
+    def take_prefetch(self, image: Image.Image | None, pieces: list[Piece]) -> extraction.PrefixState | None:
+        """The prefilled prefix if this turn's prompt starts with it; otherwise roll it back."""
+        prefetched, matches = self.prefetched, False
+        if prefetched is not None and image is not None:
+            count = len(prefetched.pieces)
+            matches = pieces[:count] == prefetched.pieces and image_key(image) == prefetched.image
+        if not matches:
+            self.drop_prefetch()
+            return None
+        self.prefetched = None
+        return prefetched.state  # type: ignore[union-attr]
+
+    def encode_image(self, image: Image.Image) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        prepared = prepare_image(image, self.max_image_side)
+        embeds = self.lyra.model.encode_image(prepared.pixel_values, prepared.grid_thw)
+        t, h, w = (int(v) for v in prepared.grid_thw[0])
+        return embeds, (t, h // 2, w // 2)
+
+    def turn_prompt(self, content: str) -> str:
+        return (TURN_END if self.turns else "") + chat_text(content, first_turn=self.turns == 0)
 
     @property
     def cached_tokens(self) -> int:
@@ -95,27 +157,32 @@ class Session:
         select_adapter(model, adapter)
         media: dict[str, torch.Tensor] = {}
         image_grid = None
-        if request.image is not None:
-            prepared = prepare_image(request.image, self.max_image_side)
-            media["image"] = model.encode_image(prepared.pixel_values, prepared.grid_thw)
-            t, h, w = (int(v) for v in prepared.grid_thw[0])
-            image_grid = (t, h // 2, w // 2)
+        prefetched = self.prefetched
+        if request.image is not None and prefetched is not None and prefetched.image == image_key(request.image):
+            image_grid = next(piece.grid for piece in prefetched.pieces if piece.kind == "image")
+        elif request.image is not None:
+            media["image"], image_grid = self.encode_image(request.image)
         if request.speech is not None:
             features = speech_features(request.speech, model.speech_tower.config.num_mel_bins)
             media["speech"] = model.encode_speech(features, adapter)  # type: ignore[arg-type]
         mark("encode")
 
         content = user_content(request.image is not None, request.speech is not None, request.text)
-        prompt = (TURN_END if self.turns else "") + chat_text(content, first_turn=self.turns == 0)
         speech_tokens = media["speech"].shape[0] if "speech" in media else 0
-        pieces = split_prompt(self.lyra.tokenizer, prompt, image_grid, speech_tokens)
-        embeds = self.embed_pieces(pieces, media)
-        positions, self.next_position = mrope_positions(pieces, self.next_position)
-        media_mask = torch.tensor([piece.is_media for piece in pieces for _ in range(piece.length)])
-        self.check_length(embeds.shape[0] + request.max_new_tokens)
+        pieces = split_prompt(self.lyra.tokenizer, self.turn_prompt(content), image_grid, speech_tokens)
+        image_tokens = sum(piece.length for piece in pieces if piece.kind == "image")
+        prompt_tokens = sum(piece.length for piece in pieces)
+        self.check_length(prompt_tokens + request.max_new_tokens)
+        prefix = self.take_prefetch(request.image, pieces)
+        if prefix is None and request.image is not None and "image" not in media:
+            media["image"], _ = self.encode_image(request.image)  # prefetched, but for another prompt
+        rest = pieces[len(prefetched.pieces):] if prefix is not None else pieces  # type: ignore[union-attr]
+        embeds = self.embed_pieces(rest, media)
+        positions, self.next_position = mrope_positions(rest, self.next_position)
+        media_mask = torch.tensor([piece.is_media for piece in rest for _ in range(piece.length)])
         self.turns += 1
 
-        hidden, kept = self.forward(embeds, positions, media_mask, self.extraction)
+        hidden, kept = self.forward(embeds, positions, media_mask, self.extraction, prefix)
         kv_tokens = extraction.kv_cache_tokens(self.cache)
         mark("prefill")
         speech_out = SpeechOutput(model.speech_generator, self.lyra.vocoder) if request.speak else None
@@ -158,9 +225,10 @@ class Session:
             audio_seconds=audio_samples / 16000,
             timings_ms=timings,
             tokens={
-                "prompt": int(embeds.shape[0]),
+                "prompt": prompt_tokens,
                 "speech": speech_tokens,
-                "image": int(media["image"].shape[0]) if "image" in media else 0,
+                "image": image_tokens,
+                "prefetched": prefix is not None,
                 "generated": len(generated),
                 "units": speech_out.unit_count if speech_out else 0,
                 "media_in": kept.media_in,
@@ -185,13 +253,14 @@ class Session:
         positions: torch.Tensor,
         media_mask: torch.Tensor | None = None,
         settings: ExtractionSettings | None = None,
+        prefix: extraction.PrefixState | None = None,
     ) -> tuple[torch.Tensor, extraction.ExtractionStats]:
         """Run new positions through every layer; returns the last position's normed hidden (1, 1, H)."""
         model = self.lyra.model
         if media_mask is None:
             media_mask = torch.zeros(embeds.shape[0], dtype=torch.bool)
         hidden, stats = extraction.prefill(model, embeds[None].to(model.dtype), positions, media_mask, self.cache,
-                                           settings)
+                                           settings, prefix)
         return model.final_norm(hidden), stats
 
     def check_length(self, needed: int) -> None:

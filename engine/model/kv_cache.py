@@ -48,6 +48,12 @@ class GrowingLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self.length if self.is_initialized else 0
 
+    def truncate(self, length: int) -> None:
+        """Forget everything after the first `length` positions."""
+        if self.is_initialized and length < self.length:
+            self.length = length
+            self.keys, self.values = self.key_buffer[:, :, :length], self.value_buffer[:, :, :length]
+
     def reset(self) -> None:
         self.keys = self.values = None
         self.is_initialized = False
@@ -58,3 +64,11 @@ class GrowingCache(Cache):
 
     def __init__(self) -> None:
         super().__init__(layer_class_to_replicate=GrowingLayer)
+
+    def lengths(self) -> list[int]:
+        return [layer.get_seq_length() for layer in self.layers]
+
+    def truncate(self, lengths: list[int]) -> None:
+        """Roll every layer back to `lengths` (layers created since then back to empty)."""
+        for index, layer in enumerate(self.layers):
+            layer.truncate(lengths[index] if index < len(lengths) else 0)

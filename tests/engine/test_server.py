@@ -208,7 +208,6 @@ def prefetch(engine: EngineProcess, image: bytes) -> None:
 
 
 def wall_ms_to_reply(engine: EngineProcess, request: RespondRequest) -> tuple[float, dict]:
-    engine.request("reset", "r")
     engine.request("ping", "synced")
     engine.until("synced", "pong")
     started = time.perf_counter()
@@ -218,7 +217,7 @@ def wall_ms_to_reply(engine: EngineProcess, request: RespondRequest) -> tuple[fl
     return (time.perf_counter() - started) * 1000, done
 
 
-def test_prefetch_spares_the_vision_tower_and_changes_nothing(engine: EngineProcess) -> None:
+def test_prefetch_spares_the_vision_tower_and_prefill_and_changes_nothing(engine: EngineProcess) -> None:
     engine.request("prefetch", "bad", b"not an image")
     assert "not a readable image" in engine.until("bad", "error")[-1][0]["message"]
 
@@ -226,11 +225,15 @@ def test_prefetch_spares_the_vision_tower_and_changes_nothing(engine: EngineProc
     question = RespondRequest("q", image=picture, text="What is this?", max_new_tokens=1, speak=False)
     warm, cold = [], []
     for _ in range(3):  # best of three: other work on the machine adds noise to single turns
+        engine.request("reset", "r")  # each reply starts a fresh conversation
         prefetch(engine, picture)
         warm.append(wall_ms_to_reply(engine, question))
-        prefetch(engine, small)  # the cache holds one image: this evicts the picture
+        engine.request("reset", "r")
+        prefetch(engine, small)  # another picture: rolled back when the turn is about this one
         cold.append(wall_ms_to_reply(engine, question))
     assert len({done["text"] for _, done in warm + cold}) == 1
+    assert all(done["tokens"]["prefetched"] for _, done in warm)
+    assert not any(done["tokens"]["prefetched"] for _, done in cold)
     assert {done["tokens"]["image"] for _, done in warm + cold} == {1024}
     ratio = min(ms for ms, _ in warm) / min(ms for ms, _ in cold)
     assert ratio < 0.85, (warm, cold)
