@@ -11,9 +11,12 @@ import shutil
 import subprocess
 import tempfile
 import time
+import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 # The virtual devices: "spk" is the speaker (its monitor is what the app played), "micsrc" is
@@ -83,3 +86,16 @@ def pulseaudio() -> Iterator[dict[str, str]]:
             else:
                 os.environ[key] = value
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+def spoken_question(folder: Path) -> tuple[Path, float]:
+    """An espeak-ng question as a wav file, and how long its speech lasts (leading/trailing silence excluded)."""
+    require_tools("espeak-ng")
+    path = folder / "question.wav"
+    subprocess.run(["espeak-ng", "-w", str(path), "Could you tell me what is on the screen right now"], check=True)
+    with wave.open(str(path)) as f:
+        rate = f.getframerate()
+        audio = np.frombuffer(f.readframes(f.getnframes()), np.int16).astype(np.float64)
+    energy = np.square(audio[: len(audio) // 110 * 110]).reshape(-1, 110).mean(axis=1)  # 5 ms blocks
+    loud = np.flatnonzero(energy > energy.max() * 10 ** (-40 / 10))
+    return path, (loud[-1] + 1 - loud[0]) * 110 / rate

@@ -10,7 +10,6 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from app.audio.capture import Capture
 from app.audio.endpointer import Endpointer, SpeechEnded
 from app.audio.listener import Listener
 from app.audio.playback import Playback
-from tests.e2e_env import pulseaudio, require_tools
+from tests.e2e_env import pulseaudio, spoken_question
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +31,7 @@ def pulse() -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def spoken(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
-    """An espeak-ng sentence as a wav file, and how long its speech lasts (leading/trailing silence excluded)."""
-    require_tools("espeak-ng")
-    path = tmp_path_factory.mktemp("speech") / "question.wav"
-    subprocess.run(["espeak-ng", "-w", str(path), "Could you tell me what is on the screen right now"], check=True)
-    with wave.open(str(path)) as f:
-        rate = f.getframerate()
-        audio = np.frombuffer(f.readframes(f.getnframes()), np.int16).astype(np.float64)
-    energy = np.square(audio[: len(audio) // 110 * 110]).reshape(-1, 110).mean(axis=1)  # 5 ms blocks
-    loud = np.flatnonzero(energy > energy.max() * 10 ** (-40 / 10))
-    return path, (loud[-1] + 1 - loud[0]) * 110 / rate
+    return spoken_question(tmp_path_factory.mktemp("speech"))
 
 
 class Recorder:

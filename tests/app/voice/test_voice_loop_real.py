@@ -12,7 +12,6 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import subprocess  # noqa: E402 - Qt must see the platform first
-import wave  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -24,7 +23,7 @@ from app.audio.playback import Playback  # noqa: E402
 from app.voice_controller import VoiceController  # noqa: E402
 from tests.app.audio.test_real_devices import Recorder  # noqa: E402
 from tests.app.voice.test_controller import FakeEngine  # noqa: E402
-from tests.e2e_env import pulseaudio, require_tools  # noqa: E402
+from tests.e2e_env import pulseaudio, spoken_question  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +34,7 @@ def pulse() -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def question(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
-    """A spoken question as a wav file, and how long its speech lasts (leading/trailing silence excluded)."""
-    require_tools("espeak-ng")
-    path = tmp_path_factory.mktemp("speech") / "question.wav"
-    subprocess.run(["espeak-ng", "-w", str(path), "Could you tell me what is on the screen right now"], check=True)
-    with wave.open(str(path)) as f:
-        rate = f.getframerate()
-        audio = np.frombuffer(f.readframes(f.getnframes()), np.int16).astype(np.float64)
-    energy = np.square(audio[: len(audio) // 110 * 110]).reshape(-1, 110).mean(axis=1)  # 5 ms blocks
-    loud = np.flatnonzero(energy > energy.max() * 10 ** (-40 / 10))
-    return path, (loud[-1] + 1 - loud[0]) * 110 / rate
+    return spoken_question(tmp_path_factory.mktemp("speech"))
 
 
 class Loop:
