@@ -84,6 +84,7 @@ class ChatController(QObject):
         self.max_new_tokens = max_new_tokens
         self.conversation: Conversation | None = None  # created with its first turn
         self.views: dict[int, TurnView] = {}
+        self.stored_replies: dict[str, int] = {}  # engine turn id → history id of its stored reply
         self.outbox: list[Outgoing] = []
         self.running: Outgoing | None = None
         self.phase = "idle"
@@ -284,9 +285,18 @@ class ChatController(QObject):
                                                                 audio=audio, timings=reply.timings,
                                                                 interrupted=interrupted))
                 reply.history_id = stored.id if stored is not None else None
+                if stored is not None and outgoing.engine_id is not None:
+                    self.stored_replies[outgoing.engine_id] = stored.id
             self.turnUpdated.emit(reply)
         self.set_phase("idle")
         self.replyEnded.emit(interrupted)
+
+    def add_voice_timings(self, turn_id: str, timings_ms: dict) -> None:
+        """The voice loop's latency telemetry for a spoken turn (speech end → request → first text →
+        first audio played, in ms from the end of speech), stored with the reply it led to."""
+        history_id = self.stored_replies.pop(turn_id, None)
+        if history_id is not None:
+            self.guard(lambda: self.store.add_timings(history_id, {"voice_ms": timings_ms}))
 
     def set_transcript(self, key: int, transcript: str) -> None:
         """Fill in what the user said in a spoken turn, once something has transcribed it."""

@@ -227,6 +227,15 @@ class HistoryStore:
             self.db.execute("UPDATE conversations SET title = ? WHERE title = '' AND id = "
                             "(SELECT conversation FROM turns WHERE id = ?)", (shorten(transcript), turn_id))
 
+    def add_timings(self, turn_id: int, timings: dict) -> None:
+        """Merge more timings into a stored turn's (the voice loop's, known once playback drained)."""
+        with self.db:
+            row = self.db.execute("SELECT timings FROM turns WHERE id = ?", (turn_id,)).fetchone()
+            if row is None:
+                raise KeyError(turn_id)
+            merged = {**(json.loads(row[0]) if row[0] else {}), **timings}
+            self.db.execute("UPDATE turns SET timings = ? WHERE id = ?", (json.dumps(merged), turn_id))
+
     def turn(self, turn_id: int) -> Turn:
         row = self.db.execute(f"SELECT {TURN_COLUMNS} FROM turns WHERE id = ?", (turn_id,)).fetchone()
         if row is None:

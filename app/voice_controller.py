@@ -463,6 +463,8 @@ class WindowVoice(QObject):
         controller.stateChanged.connect(window.set_voice_state)
         controller.notice.connect(window.show_notice)
         controller.turnSent.connect(window.on_turn_sent)
+        controller.turnFinished.connect(lambda turn_id, record: window.on_voice_turn_finished(
+            turn_id, record["timings_ms"]))
         controller.start()
 
     def set_hands_free(self, on: bool) -> None:

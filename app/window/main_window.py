@@ -304,6 +304,10 @@ class MainWindow(QMainWindow):
     def on_turn_sent(self, turn_id: str, pcm: bytes, rate: int, image: bytes | None) -> None:
         self.chat.adopt(turn_id, Clip(np.frombuffer(pcm, dtype="<i2"), rate), None, image)
 
+    @Slot(str, dict)
+    def on_voice_turn_finished(self, turn_id: str, timings_ms: dict) -> None:
+        self.chat.add_voice_timings(turn_id, timings_ms)
+
     @Slot(str)
     def show_notice(self, message: str) -> None:
         self.statusBar().showMessage(message, NOTICE_MS)

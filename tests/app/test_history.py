@@ -60,6 +60,15 @@ def test_a_transcript_is_filled_in_later_and_names_a_spoken_conversation(store: 
     assert store.conversation(conversation.id).title == "Hello there"
 
 
+def test_voice_timings_are_merged_into_a_stored_reply(store: HistoryStore) -> None:
+    conversation = store.new_conversation()
+    reply = store.add_turn(conversation.id, "assistant", "It is a cat.", timings={"prefill": 80.0})
+    store.add_timings(reply.id, {"voice_ms": {"speech_end": 0, "first_audio_played": 910.0}})
+    assert store.turn(reply.id).timings == {"prefill": 80.0, "voice_ms": {"speech_end": 0, "first_audio_played": 910.0}}
+    with pytest.raises(KeyError):
+        store.add_timings(reply.id + 100, {})
+
+
 def test_rename_delete_and_export(store: HistoryStore, tmp_path: Path) -> None:
     first, second = store.new_conversation(), store.new_conversation()
     store.add_turn(first.id, "user", "Look at this", image_png=png(), audio=Clip(tone(0.4), 16000))

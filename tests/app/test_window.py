@@ -306,6 +306,9 @@ def test_a_turn_the_voice_controller_sent_itself_is_shown_and_stored(qtbot, make
     user_turn, reply = window.store.turns(window.chat.conversation.id)
     assert color_of(window.store.path(user_turn.image_file).read_bytes()) == (0, 180, 0)
     assert reply.text == "Green. " and engine.requests == []  # the controller, not the window, sent it
+    window.on_voice_turn_finished("voice1", {"speech_end": 0.0, "request_sent": 12.0, "first_audio_played": 905.0})
+    stored = window.store.turn(reply.id)
+    assert stored.timings["voice_ms"]["first_audio_played"] == 905.0  # the latency telemetry, kept with the reply
 
 
 def test_speech_over_a_reply_cancels_it(make_window) -> None:

@@ -445,6 +445,7 @@ class RecordingWindow:
         self.states: list[str] = []
         self.notices: list[str] = []
         self.levels: list[float] = []
+        self.timings: dict[str, dict] = {}
 
     def set_mic_level(self, db: float) -> None:
         self.levels.append(db)
@@ -457,6 +458,9 @@ class RecordingWindow:
 
     def on_turn_sent(self, turn_id: str, pcm: bytes, rate: int, image: bytes | None) -> None:
         self.sent.append((turn_id, rate, image))
+
+    def on_voice_turn_finished(self, turn_id: str, timings_ms: dict) -> None:
+        self.timings[turn_id] = timings_ms
 
 
 def test_window_voice_reports_sent_turns_and_plays_only_typed_replies(make_rig) -> None:
@@ -471,6 +475,7 @@ def test_window_voice_reports_sent_turns_and_plays_only_typed_replies(make_rig) 
     rig.engine.turnDone.emit("t1", {"text": "", "timings_ms": {}, "cancelled": False})
     rig.play_out()
     rig.wait_state("listening")
+    assert set(window.timings["t1"]) >= {"speech_end", "request_sent", "first_audio_played"}
     voice.play(reply(0.5, rate=8000), 8000)  # a typed turn's reply, at another rate
     assert rig.playback.buffered / 16000 == pytest.approx(0.5, abs=0.02)  # the fake speaker runs at 16 kHz
     voice.set_hands_free(False)
