@@ -37,7 +37,8 @@ def timed_turn(session: Session, tokens: int, speak: bool) -> dict:
     session.end_ids = set()  # fixed-length replies
     done, audio = collect(session.respond(TurnRequest(text="Tell me about the picture.", max_new_tokens=tokens,
                                                       speak=speak)))
-    return {**done.timings_ms, "audio_seconds": len(audio) / 16000, "units": done.tokens["units"]}
+    return {**done.timings_ms, "audio_seconds": len(audio) / 16000, "units": done.tokens["units"],
+            "first_audio_step": done.tokens["first_audio_step"]}
 
 
 def first_chunk_vocoding_ms(lyra) -> float:
@@ -48,6 +49,17 @@ def first_chunk_vocoding_ms(lyra) -> float:
         started = time.perf_counter()
         lyra.vocoder(units)
     return (time.perf_counter() - started) * 1000
+
+
+def early_unit_step_ms(lyra, steps: int = 4) -> float:
+    """The speech generator's share of one of the reply's first decode steps (25 frames per token)."""
+    stream = lyra.model.speech_generator.new_stream()
+    hidden = torch.randn(steps, lyra.config.text.hidden_size, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        started = time.perf_counter()
+        for state in hidden:
+            stream.push(state)
+    return (time.perf_counter() - started) * 1000 / steps
 
 
 def streamed_vs_one_shot(lyra, states: int = 200) -> float:
@@ -73,16 +85,21 @@ def measure_size(size: str, replies: list[int], folder: Path) -> list[dict]:
     lyra = load_lyra(write_test_model(folder / size, size), Precision.parse("fp32", "cpu"))
     session = Session(lyra, extraction=None)
     vocode_ms = first_chunk_vocoding_ms(lyra)
+    unit_step_ms = early_unit_step_ms(lyra)
     rows = []
     for tokens in replies:
         speech = timed_turn(session, tokens, speak=True)
         text = timed_turn(session, tokens, speak=False)
         step_ms = (text["total"] - text["prefill"]) / tokens
+        speech_step_ms = step_ms + unit_step_ms  # a decode step that also generates its 25 unit frames
         rows.append({
             "measure": "reply", "size": size, "reply_tokens": tokens,
             "first_audio_ms": speech.get("first_audio"), "full_reply_ms": speech["total"],
+            "first_audio_step": speech["first_audio_step"],  # decode steps before the first audio chunk
             "prefill_ms": speech["prefill"], "decode_step_ms": round(step_ms, 2),
-            "first_audio_budget_ms": round(speech["prefill"] + 3 * step_ms + vocode_ms, 1),
+            "speech_decode_step_ms": round(speech_step_ms, 2),
+            "first_audio_budget_ms": round(speech["prefill"] + 3 * speech_step_ms + vocode_ms, 1),
+            "first_audio_budget_text_steps_ms": round(speech["prefill"] + 3 * step_ms + vocode_ms, 1),
             "speech_overhead": round(speech["total"] / text["total"], 3),
             "audio_seconds": round(speech["audio_seconds"], 2), "units": speech["units"],
         })

@@ -3,6 +3,7 @@
 `Session.respond` runs a turn: encode media → build the ChatML prompt → prefill → greedy decode,
 yielding text deltas and audio chunks as they are ready and a `TurnDone` with timings at the end.
 The cache keeps every earlier turn, so a follow-up question can refer to the first.
+`Session.transcribe` asks the model what was said in a clip, beside the conversation, not in it.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import hashlib
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from peft.tuners.lora import LoraLayer
 from PIL import Image
 
 from engine import extraction
@@ -30,6 +33,7 @@ from engine.speech_out import SpeechOutput
 DEFAULT_MAX_NEW_TOKENS = 256
 DEFAULT_EXTRACTION = ExtractionSettings(blocks=4, keep_rate=0.7)  # see README "Token extraction"
 TURN_END = "<|im_end|>\n"  # closes the assistant's reply in the cache before the next turn
+TRANSCRIBE = "Transcribe this speech exactly as it was spoken, word for word, and say nothing else."
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,14 @@ def adapter_for(speech: Speech | None) -> str | None:
     if speech is None:
         return None
     return "speech" if speech.clips == 1 else "long_speech"
+
+
+def active_adapter(model: torch.nn.Module) -> str | None:
+    """The LoRA adapter the LLM runs with now (None: the base model); see loading.select_adapter."""
+    layer = next((module for module in model.llm.modules() if isinstance(module, LoraLayer)), None)
+    if layer is None or layer.disable_adapters:
+        return None
+    return layer.active_adapters[0]
 
 
 class Session:
@@ -129,6 +141,28 @@ class Session:
         self.prefetched = None
         return prefetched.state  # type: ignore[union-attr]
 
+    def transcribe(self, speech: Speech, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                   cancel: threading.Event | None = None) -> TurnDone:
+        """What was said in `speech`, as the reply's text; the conversation is exactly as before."""
+        request = TurnRequest(speech=speech, text=TRANSCRIBE, max_new_tokens=max_new_tokens, speak=False)
+        with self.aside():
+            done, _ = collect(self.respond(request, cancel))
+        return done
+
+    @contextmanager
+    def aside(self) -> Iterator[None]:
+        """A one-off exchange in a fresh context; afterwards the conversation's cache, positions, pending
+        prefetch and active adapter are restored (a prefetch is computed with whichever adapter is active)."""
+        saved = (self.cache, self.next_position, self.turns, self.prefetched, self.extraction)
+        adapter = active_adapter(self.lyra.model)
+        self.reset()
+        self.extraction = None  # every speech token matters to a transcript, and there is no image to thin out
+        try:
+            yield
+        finally:
+            self.cache, self.next_position, self.turns, self.prefetched, self.extraction = saved
+            select_adapter(self.lyra.model, adapter)
+
     def encode_image(self, image: Image.Image) -> tuple[torch.Tensor, tuple[int, int, int]]:
         prepared = prepare_image(image, self.max_image_side)
         embeds = self.lyra.model.encode_image(prepared.pixel_values, prepared.grid_thw)
@@ -188,6 +222,16 @@ class Session:
         speech_out = SpeechOutput(model.speech_generator, self.lyra.vocoder) if request.speak else None
         generated: list[int] = []
         text, audio_samples, cancelled = "", 0, False
+        steps, first_audio_step = 0, None  # decode forward passes; how many preceded the first audio
+
+        def audio_out(pcm: np.ndarray) -> AudioChunk:
+            nonlocal audio_samples, first_audio_step
+            mark("first_audio")
+            if first_audio_step is None:
+                first_audio_step = steps
+            audio_samples += pcm.size
+            return AudioChunk(pcm)
+
         while True:
             token = int(model.logits(hidden).argmax())
             if token in self.end_ids:
@@ -201,14 +245,13 @@ class Session:
             if speech_out is not None:
                 audio = speech_out.push(hidden[0])
                 if audio.size:
-                    mark("first_audio")
-                    audio_samples += audio.size
-                    yield AudioChunk(audio)
+                    yield audio_out(audio)
             if cancel.is_set():
                 cancelled = True
                 break
             position = torch.full((3, 1), self.next_position, dtype=torch.long)
             self.next_position += 1
+            steps += 1
             hidden, _ = self.forward(model.embed_tokens(torch.tensor([token])), position)
             if len(generated) >= request.max_new_tokens or cancel.is_set():
                 cancelled = cancel.is_set()
@@ -216,9 +259,7 @@ class Session:
         if speech_out is not None and not cancelled:
             tail = speech_out.flush()
             if tail.size:
-                mark("first_audio")
-                audio_samples += tail.size
-                yield AudioChunk(tail)
+                yield audio_out(tail)
         mark("total")
         yield TurnDone(
             text=text,
@@ -231,6 +272,7 @@ class Session:
                 "prefetched": prefix is not None,
                 "generated": len(generated),
                 "units": speech_out.unit_count if speech_out else 0,
+                "first_audio_step": first_audio_step,
                 "media_in": kept.media_in,
                 "media_kept_per_block": kept.media_kept_per_block,
                 "kv_cache_tokens": kv_tokens,

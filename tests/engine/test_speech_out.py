@@ -76,6 +76,7 @@ def test_events_interleave_text_and_audio_and_end_with_done(lyra_fp32) -> None:
     assert TextDelta in kinds[first_audio + 1:-1]  # audio started while text was still coming
     done = events[-1]
     assert done.timings_ms["first_audio"] < done.timings_ms["total"]
+    assert 0 < done.tokens["first_audio_step"] < done.tokens["generated"]  # decode steps before the first audio
     assert all(e.pcm.dtype == np.float32 and e.sample_rate == 16000 for e in events if isinstance(e, AudioChunk))
 
 
@@ -98,3 +99,5 @@ def test_cancel_during_speech_stops_audio_within_one_step(lyra_fp32) -> None:
 def test_ask_audio_is_the_streamed_audio(lyra_fp32) -> None:
     done, audio = collect(Session(lyra_fp32).respond(TurnRequest(text="Hi", max_new_tokens=8)))
     assert done.audio_seconds == len(audio) / 16000 and done.tokens["units"] > 0
+    silent, _ = collect(Session(lyra_fp32).respond(TurnRequest(text="Hi", max_new_tokens=8, speak=False)))
+    assert silent.tokens["first_audio_step"] is None and silent.tokens["units"] == 0
