@@ -11,29 +11,36 @@ its bytes are still to be dropped), so one bad message never ends the connection
 Requests (app → engine; `id` names the request, or the turn for respond and cancel):
   load_model {model, precision, device, vocoder}   prefetch + image bytes   ping   reset   shutdown
   respond {parts, sample_rate, max_new_tokens, speak} + speech PCM, image, UTF-8 text (RespondRequest)
-  cancel (id = the turn to stop)
+  transcribe {sample_rate, max_new_tokens} + speech PCM (TranscribeRequest)
+  cancel (id = the turn or transcription to stop)
 Events (engine → app; `id` is the request or turn they answer, "" for none):
   ready {pid, protocol}   progress {stage, fraction}   model_loaded {model, precision, device, load_ms}
   text_delta {text}   audio_chunk {sample_rate, samples} + PCM   pong   error {message}
   turn_done {text, audio_seconds, timings_ms, tokens, adapter, cancelled}
+  transcript {text, cancelled}
+
+Versions: 2 added transcribe and transcript. A peer only refuses frames newer than its own
+version, so an engine of version 2 still serves an app of version 1.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, NoReturn
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 PORT_ANNOUNCEMENT = "OMNIVOX_ENGINE_PORT"  # first stdout line of the engine process, then the port
 MAX_HEADER = 64 * 1024
 MAX_PAYLOAD = 256 * 1024 * 1024  # 25 min of speech is 96 MB of float32; a screenshot PNG a few MB
 PREFIX = struct.Struct(">I")
 REQUIRED = ("v", "type", "id", "payload_size")
 
-REQUESTS = frozenset({"load_model", "prefetch", "respond", "cancel", "reset", "shutdown", "ping"})
-EVENTS = frozenset({"ready", "progress", "text_delta", "audio_chunk", "turn_done", "error", "pong", "model_loaded"})
+REQUESTS = frozenset({"load_model", "prefetch", "respond", "transcribe", "cancel", "reset", "shutdown", "ping"})
+EVENTS = frozenset({"ready", "progress", "text_delta", "audio_chunk", "turn_done", "transcript", "error", "pong",
+                    "model_loaded"})
 PEER = {"app": "engine", "engine": "app"}  # who reads what the other sends
 
 # A respond payload is its parts back to back in this order; the header gives their sizes.
@@ -254,14 +261,9 @@ class RespondRequest:
         for name in RESPOND_PARTS:
             if name in sizes:
                 parts[name], offset = payload[offset:offset + sizes[name]], offset + sizes[name]
-        if len(parts.get("speech", b"")) % 4:
-            raise invalid("speech must be float32 samples (a multiple of 4 bytes)")
-        rate, tokens = header.get("sample_rate", 16000), header.get("max_new_tokens", 256)
+        check_pcm(parts.get("speech", b""), invalid)
+        rate, tokens = speech_fields(header, invalid)
         speak = header.get("speak", True)
-        if not (is_count(rate) and rate > 0):
-            raise invalid(f"sample_rate must be a positive integer, got {rate!r}")
-        if not is_count(tokens):
-            raise invalid(f"max_new_tokens must be a non-negative integer, got {tokens!r}")
         if not isinstance(speak, bool):
             raise invalid(f"speak must be true or false, got {speak!r}")
         try:
@@ -269,3 +271,46 @@ class RespondRequest:
         except UnicodeDecodeError:
             raise invalid("text is not valid UTF-8") from None
         return cls(turn_id, parts.get("speech"), rate, parts.get("image"), text, tokens, speak)
+
+
+@dataclass(frozen=True)
+class TranscribeRequest:
+    """Speech to write down: answered by one `transcript` event, outside the conversation."""
+
+    request_id: str
+    speech: bytes  # float32 little-endian mono PCM
+    sample_rate: int = 16000
+    max_new_tokens: int = 256
+
+    def encode(self) -> bytes:
+        header = {"type": "transcribe", "id": self.request_id, "sample_rate": self.sample_rate,
+                  "max_new_tokens": self.max_new_tokens}
+        return encode_frame(header, self.speech)
+
+    @classmethod
+    def decode(cls, header: dict, payload: bytes) -> TranscribeRequest:
+        request_id = header["id"]
+
+        def invalid(message: str) -> ProtocolError:
+            return ProtocolError(f"transcribe {request_id}: {message}", request_id)
+
+        if not payload:
+            raise invalid("no speech to transcribe")
+        check_pcm(payload, invalid)
+        rate, tokens = speech_fields(header, invalid)
+        return cls(request_id, payload, rate, tokens)
+
+
+def check_pcm(pcm: bytes, invalid: Callable[[str], ProtocolError]) -> None:
+    if len(pcm) % 4:
+        raise invalid("speech must be float32 samples (a multiple of 4 bytes)")
+
+
+def speech_fields(header: dict, invalid: Callable[[str], ProtocolError]) -> tuple[int, int]:
+    """The sample rate and token budget of a request carrying speech, checked."""
+    rate, tokens = header.get("sample_rate", 16000), header.get("max_new_tokens", 256)
+    if not (is_count(rate) and rate > 0):
+        raise invalid(f"sample_rate must be a positive integer, got {rate!r}")
+    if not is_count(tokens):
+        raise invalid(f"max_new_tokens must be a non-negative integer, got {tokens!r}")
+    return rate, tokens

@@ -6,6 +6,10 @@ it to shut down. A reader thread answers pings and cancels at once, while the ma
 runs model requests in arrival order. torch loads with the first model,
 so the process answers within a fraction of a second of starting.
 
+Transcriptions are background work: a turn (respond) or the sign of one coming (prefetch)
+cancels every transcription queued or running, so a reply never waits for one longer than a
+decode step (or the prefill it is in). The app asks again later.
+
 Every failure of a request is an `error` event naming the request; the process keeps serving.
 """
 
@@ -33,6 +37,7 @@ from engine.protocol import (
     REQUESTS,
     ProtocolError,
     RespondRequest,
+    TranscribeRequest,
     encode_frame,
     read_frame,
 )
@@ -41,6 +46,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from engine.events import Event
+    from engine.media import Speech
     from engine.session import Session, TurnRequest
 
 NO_MODEL = "no model loaded; load one first"
@@ -96,6 +102,7 @@ class Engine:
         self.session: Session | None = None
         self.images = LastImage()
         self.turn: tuple[str, threading.Event] | None = None  # accepted and not yet done
+        self.transcriptions: dict[str, threading.Event] = {}  # accepted and not yet answered
         self.turn_lock = threading.Lock()
         self.finished = threading.Event()  # the model work has stopped
 
@@ -112,9 +119,12 @@ class Engine:
             return False
         elif kind == "respond":
             self.accept_turn(header, payload)
+        elif kind == "transcribe":
+            self.accept_transcription(header, payload)
         elif kind == "load_model":
             self.jobs.put((frame_id, lambda: self.load_model(frame_id, header)))
         elif kind == "prefetch":
+            self.preempt_transcriptions()  # the user has started talking
             self.jobs.put((frame_id, lambda: self.prefetch(frame_id, payload)))
         elif kind == "reset":
             self.jobs.put((frame_id, self.reset))
@@ -127,6 +137,24 @@ class Engine:
         with self.turn_lock:
             if self.turn is not None and self.turn[0] == turn_id:
                 self.turn[1].set()
+            if turn_id in self.transcriptions:
+                self.transcriptions[turn_id].set()
+
+    def preempt_transcriptions(self) -> None:
+        with self.turn_lock:
+            for cancel in self.transcriptions.values():
+                cancel.set()
+
+    def accept_transcription(self, header: dict, payload: bytes) -> None:
+        try:
+            request = TranscribeRequest.decode(header, payload)
+        except ProtocolError as err:
+            self.connection.error(err.frame_id, str(err))
+            return
+        cancel = threading.Event()
+        with self.turn_lock:
+            self.transcriptions[request.request_id] = cancel
+        self.jobs.put((request.request_id, lambda: self.transcribe(request, cancel)))
 
     def accept_turn(self, header: dict, payload: bytes) -> None:
         try:
@@ -141,12 +169,14 @@ class Engine:
                 return
             cancel = threading.Event()
             self.turn = (request.turn_id, cancel)
+        self.preempt_transcriptions()
         self.jobs.put((request.turn_id, lambda: self.respond(request, cancel)))
 
     def stop(self) -> None:
         """Drop queued work, cancel the running turn and let the model work end."""
         while not self.jobs.empty():
             self.jobs.get_nowait()
+        self.preempt_transcriptions()
         with self.turn_lock:
             if self.turn is not None:
                 self.turn[1].set()
@@ -211,6 +241,20 @@ class Engine:
         finally:
             self.end_turn(cancel)
 
+    def transcribe(self, request: TranscribeRequest, cancel: threading.Event) -> None:
+        try:
+            if self.session is None:
+                raise OmnivoxError(NO_MODEL)
+            text, cancelled = "", cancel.is_set()
+            if not cancelled:  # preempted while queued: not even the prefill
+                done = self.session.transcribe(speech_of(request.speech, request.sample_rate),
+                                               request.max_new_tokens, cancel)
+                text, cancelled = done.text.strip(), done.cancelled
+            self.connection.send("transcript", request.request_id, text=text, cancelled=cancelled)
+        finally:
+            with self.turn_lock:
+                self.transcriptions.pop(request.request_id, None)
+
     def end_turn(self, cancel: threading.Event) -> None:
         with self.turn_lock:
             if self.turn is not None and self.turn[1] is cancel:
@@ -233,15 +277,18 @@ class Engine:
                                  cancelled=event.cancelled)
 
 
-def turn_request(request: RespondRequest, images: LastImage) -> TurnRequest:
+def speech_of(pcm: bytes, rate: int) -> Speech:
     import numpy as np
 
     from engine.media import speech_from_pcm
+
+    return speech_from_pcm(np.frombuffer(pcm, dtype="<f4"), rate)
+
+
+def turn_request(request: RespondRequest, images: LastImage) -> TurnRequest:
     from engine.session import TurnRequest
 
-    speech = None
-    if request.speech is not None:
-        speech = speech_from_pcm(np.frombuffer(request.speech, dtype="<f4"), request.sample_rate)
+    speech = speech_of(request.speech, request.sample_rate) if request.speech is not None else None
     image = images.decode(request.image) if request.image is not None else None
     return TurnRequest(speech=speech, image=image, text=request.text, max_new_tokens=request.max_new_tokens,
                        speak=request.speak)

@@ -14,6 +14,7 @@ from engine.protocol import (
     FrameDecoder,
     ProtocolError,
     RespondRequest,
+    TranscribeRequest,
     encode_frame,
     read_frame,
 )
@@ -173,3 +174,27 @@ def test_protocol_imports_neither_torch_nor_numpy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "[]"
+
+
+def test_transcribe_request_round_trip() -> None:
+    request = TranscribeRequest("x1", PCM, sample_rate=44100, max_new_tokens=64)
+    frame = read_frame(io.BytesIO(request.encode()))
+    assert frame[0]["type"] == "transcribe" and frame[1] == PCM
+    assert TranscribeRequest.decode(*frame) == request
+
+
+@pytest.mark.parametrize(("fields", "payload", "message"), [
+    ({}, b"", "no speech to transcribe"),
+    ({}, b"123", "multiple of 4 bytes"),
+    ({"sample_rate": -16000}, PCM, "sample_rate must be a positive integer"),
+    ({"max_new_tokens": None}, PCM, "max_new_tokens must be"),
+])
+def test_transcribe_request_rejects_bad_fields(fields: dict, payload: bytes, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message) as caught:
+        TranscribeRequest.decode(header("transcribe", "x2", payload, **fields), payload)
+    assert caught.value.frame_id == "x2" and str(caught.value).startswith("transcribe x2: ")
+
+
+def test_a_version_1_frame_is_still_read() -> None:
+    old = raw_frame(header("respond", "t", b"hi", v=1, parts={"text": 2}), b"hi")
+    assert RespondRequest.decode(*read_frame(io.BytesIO(old))).text == "hi"

@@ -23,6 +23,7 @@ from engine.protocol import (
     PROTOCOL_VERSION,
     Frame,
     RespondRequest,
+    TranscribeRequest,
     encode_frame,
     read_frame,
 )
@@ -237,3 +238,47 @@ def test_prefetch_spares_the_vision_tower_and_prefill_and_changes_nothing(engine
     assert {done["tokens"]["image"] for _, done in warm + cold} == {1024}
     ratio = min(ms for ms, _ in warm) / min(ms for ms, _ in cold)
     assert ratio < 0.85, (warm, cold)
+
+
+def test_transcribe_without_a_model_or_speech_is_refused(bare_engine: EngineProcess) -> None:
+    bare_engine.send(TranscribeRequest("x1", tone(0.5).astype("<f4").tobytes()).encode())
+    assert bare_engine.next()[0]["message"] == "no model loaded; load one first"
+    bare_engine.request("transcribe", "x2")
+    assert bare_engine.next()[0]["message"] == "transcribe x2: no speech to transcribe"
+
+
+def test_a_transcription_is_answered_with_text_only_and_leaves_the_conversation_alone(engine: EngineProcess) -> None:
+    question = RespondRequest("t1", text="Remember the word apple.", max_new_tokens=4, speak=False)
+    follow_up = RespondRequest("t2", text="Which word?", max_new_tokens=6, speak=False)
+    engine.turn(question)
+    engine.send(follow_up.encode())
+    plain = engine.until("t2", "turn_done")[-1][0]
+
+    engine.turn(RespondRequest("t3", text="Remember the word apple.", max_new_tokens=4, speak=False))
+    engine.send(TranscribeRequest("x1", tone(2.0, 44100).astype("<f4").tobytes(), 44100, max_new_tokens=5).encode())
+    frames = engine.until("x1", "transcript", "error")
+    assert [h["type"] for h, _ in frames] == ["transcript"]  # no text_delta, no audio, no turn_done
+    transcript = frames[0][0]
+    assert isinstance(transcript["text"], str) and transcript["text"] and not transcript["cancelled"]
+    engine.send(RespondRequest("t4", text="Which word?", max_new_tokens=6, speak=False).encode())
+    after = engine.until("t4", "turn_done")[-1][0]
+    assert after["text"] == plain["text"] and after["tokens"]["prompt"] == plain["tokens"]["prompt"]
+
+
+@pytest.mark.parametrize("preempt", ["respond", "prefetch"])
+def test_a_turn_preempts_transcriptions(engine: EngineProcess, preempt: str) -> None:
+    engine.request("reset", "r")
+    speech = tone(2.0).astype("<f4").tobytes()
+    running, queued = (TranscribeRequest(name, speech, max_new_tokens=400) for name in ("x1", "x2"))
+    turn = RespondRequest("t1", text="Hello?", max_new_tokens=3, speak=False)
+    engine.send(running.encode() + queued.encode())
+    time.sleep(0.3)  # x1 is decoding by now
+    engine.send(turn.encode() if preempt == "respond" else encode_frame({"type": "prefetch", "id": "f"}, png(56, 3)))
+    frames = engine.until("x2", "transcript", "error")
+    answers = [h for h, _ in frames if h["id"] in ("x1", "x2")]
+    assert [(h["type"], h["cancelled"], h["text"]) for h in answers[1:]] == [("transcript", True, "")]
+    assert answers[0]["type"] == "transcript" and answers[0]["cancelled"]
+    if preempt == "respond":  # accepted, not refused, and answered right after
+        assert engine.until("t1", "turn_done", "error")[-1][0]["type"] == "turn_done"
+    else:
+        assert engine.until("f", "progress", "error")[-1][0]["stage"] == "image ready"

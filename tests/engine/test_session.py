@@ -115,3 +115,42 @@ def test_a_conversation_longer_than_the_context_is_refused(lyra_fp32) -> None:
     session = Session(lyra_fp32)
     with pytest.raises(OmnivoxError, match="start a new conversation"):
         list(session.respond(TurnRequest(text="hi", max_new_tokens=20000)))
+
+
+def conversation_state(session: Session) -> tuple:
+    return session.cache.lengths(), session.next_position, session.turns
+
+
+def test_a_transcription_is_asked_beside_the_conversation_and_leaves_it_as_it_was(lyra_fp32) -> None:
+    from engine.session import active_adapter
+
+    def second_reply(transcribe_between: bool) -> tuple[TurnDone, np.ndarray]:
+        session = Session(lyra_fp32)
+        collect(session.respond(TurnRequest(text="My name is Ada.", max_new_tokens=4, speak=False)))
+        before, adapter = conversation_state(session), active_adapter(lyra_fp32.model)
+        if transcribe_between:
+            done = session.transcribe(speech(2.0), max_new_tokens=5)
+            assert done.adapter == "speech" and done.tokens["speech"] == 300 and done.audio_seconds == 0
+            assert done.tokens["prompt"] > 300 + 10  # system prompt, the speech and the instruction: a fresh context
+            assert 1 <= done.tokens["generated"] <= 5 and not done.cancelled
+            assert conversation_state(session) == before and active_adapter(lyra_fp32.model) == adapter is None
+        return first_reply_logits(lyra_fp32, session, "What is my name?")
+
+    (plain, plain_logits), (after, after_logits) = second_reply(False), second_reply(True)
+    assert after.text == plain.text and np.allclose(after_logits, plain_logits, atol=1e-5)
+
+
+def test_a_pending_prefetch_survives_a_transcription(lyra_fp32) -> None:
+    picture = Image.new("RGB", (64, 64), (200, 30, 30))
+    session = Session(lyra_fp32)
+    session.prefetch(picture)
+    session.transcribe(speech(1.0), max_new_tokens=2)
+    done, _ = collect(session.respond(TurnRequest(image=picture, text="What is this?", max_new_tokens=2)))
+    assert done.tokens["prefetched"]
+
+
+def test_a_cancelled_transcription_stops_at_once(lyra_fp32) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    done = Session(lyra_fp32).transcribe(speech(1.0), max_new_tokens=50, cancel=cancel)
+    assert done.cancelled and done.tokens["generated"] <= 1
