@@ -5,7 +5,8 @@
 picture is encoded on a worker, then it is stored and sent. The reply streams into the view;
 its text and audio are stored when the engine reports it done, with the interrupted flag when
 it was cancelled or the engine died. The engine runs one turn at a time, so a turn sent while
-a reply runs cancels that reply and waits for it to end.
+a reply runs cancels that reply and waits for it to end. Spoken turns get their transcript
+afterwards, when the engine is otherwise idle (app/transcripts.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 from PySide6.QtGui import QImage
 
 from app.history import Clip, Conversation, HistoryStore, Turn
+from app.transcripts import Transcripts
 from app.visual.context import Snapshot
 from app.visual.frames import png_from_qimage
 from app.workers import run_in_background
@@ -90,6 +92,7 @@ class ChatController(QObject):
         self.phase = "idle"
         self.keys = count(1)
         self.prefetched: tuple[int, bytes] | None = None  # QImage.cacheKey, its PNG
+        self.transcripts = Transcripts(engine, self.idle, self.set_transcript, max_new_tokens, self)
         engine.textDelta.connect(self.on_text)
         engine.audioChunk.connect(self.on_audio)
         engine.turnDone.connect(self.on_done)
@@ -179,18 +182,22 @@ class ChatController(QObject):
             self.running.cancelled = True
             self.engine.cancel(self.running.engine_id)
 
+    def idle(self) -> bool:
+        """No reply runs and no turn waits: the engine may do background work."""
+        return self.running is None and not self.outbox
+
     def pump(self) -> None:
-        """Store and send the next turn when the engine is free and the turn's picture is ready."""
+        """Store and send the next turn when the engine is free and the turn's picture is ready;
+        with no turn waiting, let a transcription go."""
+        if self.idle():
+            self.transcripts.pump()
         if self.running is not None or not self.outbox or not self.outbox[0].ready:
             return
         outgoing = self.outbox.pop(0)
         self.store_user_turn(outgoing)
         speech = outgoing.speech
-        pcm = None
-        if speech is not None:
-            samples = speech.samples / 32768.0 if speech.samples.dtype == np.int16 else speech.samples
-            pcm = samples.astype("<f4").tobytes()
-        outgoing.engine_id = self.engine.respond(pcm, speech.rate if speech else 16000, outgoing.png, outgoing.text,
+        outgoing.engine_id = self.engine.respond(speech.float32_bytes() if speech else None,
+                                                 speech.rate if speech else 16000, outgoing.png, outgoing.text,
                                                  self.max_new_tokens)
         self.running = outgoing
         self.set_phase("thinking")
@@ -288,6 +295,8 @@ class ChatController(QObject):
                 if stored is not None and outgoing.engine_id is not None:
                     self.stored_replies[outgoing.engine_id] = stored.id
             self.turnUpdated.emit(reply)
+        if outgoing.speech is not None:
+            self.transcripts.add(outgoing.user, outgoing.speech)
         self.set_phase("idle")
         self.replyEnded.emit(interrupted)
 
@@ -298,16 +307,14 @@ class ChatController(QObject):
         if history_id is not None:
             self.guard(lambda: self.store.add_timings(history_id, {"voice_ms": timings_ms}))
 
-    def set_transcript(self, key: int, transcript: str) -> None:
-        """Fill in what the user said in a spoken turn, once something has transcribed it."""
-        view = self.views.get(key)
-        if view is None:
-            return
+    def set_transcript(self, view: TurnView, transcript: str) -> None:
+        """Fill in what the user said in a spoken turn (stored even when its conversation is no longer shown)."""
         view.transcript = transcript
         if view.history_id is not None:
             self.guard(lambda: self.store.set_transcript(view.history_id, transcript))
-            self.conversationsChanged.emit()
-        self.turnUpdated.emit(view)
+            self.conversationsChanged.emit()  # an untitled conversation is named after it
+        if self.views.get(view.key) is view:
+            self.turnUpdated.emit(view)
 
     def set_phase(self, phase: str) -> None:
         if phase != self.phase:

@@ -21,7 +21,15 @@ from pathlib import Path
 from PySide6.QtCore import QObject, QProcess, QTimer, Signal
 from PySide6.QtNetwork import QAbstractSocket, QHostAddress, QTcpSocket
 
-from engine.protocol import PORT_ANNOUNCEMENT, REQUIRED, FrameDecoder, ProtocolError, RespondRequest, encode_frame
+from engine.protocol import (
+    PORT_ANNOUNCEMENT,
+    REQUIRED,
+    FrameDecoder,
+    ProtocolError,
+    RespondRequest,
+    TranscribeRequest,
+    encode_frame,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where `python -m engine.server` finds the engine package
 MAX_RESTARTS = 3  # crashes in a row with no model loaded or turn finished in between: stop retrying
@@ -57,6 +65,7 @@ class EngineClient(QObject):
     textDelta = Signal(str, str)  # turn id, text
     audioChunk = Signal(str, bytes, int)  # turn id, float32 little-endian PCM, sample rate
     turnDone = Signal(str, dict)  # turn id, {text, audio_seconds, timings_ms, tokens, adapter, cancelled}
+    transcribed = Signal(str, dict)  # request id, {text, cancelled}, or {error} when the engine refused it
     error = Signal(str, str)  # id of the request it concerns ("" when none), one-line message
     engineDied = Signal(str)  # why; a turn that was running is over without its turnDone
     pong = Signal(str)  # ping id
@@ -82,6 +91,7 @@ class EngineClient(QObject):
         self.stderr_tail: deque[str] = deque(maxlen=20)
         self.outbox: list[bytes] = []  # requests made before the connection is up
         self.model_frame: bytes | None = None  # the last load_model, sent again to a restarted engine
+        self.transcriptions: set[str] = set()  # asked and not answered: their errors go to `transcribed`
         self.crashes = 0
         self.stopping = False
 
@@ -119,6 +129,13 @@ class EngineClient(QObject):
         turn_id = new_id()
         self.send(RespondRequest(turn_id, pcm, rate, image, text, max_new_tokens, speak).encode())
         return turn_id
+
+    def transcribe(self, pcm: bytes, rate: int, max_new_tokens: int) -> str:
+        """Ask what was said in float32 PCM speech, outside the conversation; `transcribed` answers."""
+        request_id = new_id()
+        self.transcriptions.add(request_id)
+        self.send(TranscribeRequest(request_id, pcm, rate, max_new_tokens).encode())
+        return request_id
 
     def prefetch(self, image: bytes) -> str:
         """Let the engine encode the image the next turn is likely to carry, while the user speaks."""
@@ -230,6 +247,12 @@ class EngineClient(QObject):
         elif kind == "turn_done":
             self.crashes = 0
             self.turnDone.emit(frame_id, body)
+        elif kind == "transcript":
+            self.transcriptions.discard(frame_id)
+            self.transcribed.emit(frame_id, body)
+        elif kind == "error" and frame_id in self.transcriptions:  # background work: not the user's business
+            self.transcriptions.discard(frame_id)
+            self.transcribed.emit(frame_id, {"error": str(body.get("message", "unknown engine error"))})
         elif kind == "error":
             self.error.emit(frame_id, str(body.get("message", "unknown engine error")))
         else:
@@ -237,6 +260,7 @@ class EngineClient(QObject):
 
     def on_finished(self, code: int, status: QProcess.ExitStatus) -> None:
         self.socket.abort()
+        self.transcriptions.clear()  # engineDied tells their askers
         if self.stopping:
             return
         reason = exit_reason(code, status, self.stderr_tail[-1] if self.stderr_tail else "")

@@ -105,6 +105,11 @@ class Clip:
     def seconds(self) -> float:
         return len(self.samples) / self.rate
 
+    def float32_bytes(self) -> bytes:
+        """Little-endian float32 samples in [-1, 1], as the engine takes speech."""
+        samples = self.samples / 32768.0 if self.samples.dtype == np.int16 else self.samples
+        return samples.astype("<f4").tobytes()
+
     def wav_bytes(self) -> bytes:
         samples = self.samples
         if samples.dtype != np.int16:

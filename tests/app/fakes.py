@@ -19,6 +19,14 @@ class Respond:
     max_new_tokens: int
 
 
+@dataclass
+class Transcribe:
+    request_id: str
+    pcm: bytes
+    rate: int
+    max_new_tokens: int
+
+
 class FakeEngine(QObject):
     """Records requests; the test decides what the engine says back (`reply`, or the signals directly)."""
 
@@ -28,6 +36,7 @@ class FakeEngine(QObject):
     textDelta = Signal(str, str)
     audioChunk = Signal(str, bytes, int)
     turnDone = Signal(str, dict)
+    transcribed = Signal(str, dict)
     error = Signal(str, str)
     engineDied = Signal(str)
 
@@ -37,6 +46,8 @@ class FakeEngine(QObject):
         self.started = 0
         self.loaded: list[tuple] = []
         self.requests: list[Respond] = []
+        self.transcriptions: list[Transcribe] = []
+        self.sent: list[str] = []  # ids of respond and transcribe requests, in the order they went out
         self.prefetched: list[bytes] = []
         self.cancelled: list[str] = []
         self.resets = 0
@@ -53,7 +64,14 @@ class FakeEngine(QObject):
                 speak: bool = True) -> str:
         turn_id = f"turn{next(self.ids)}"
         self.requests.append(Respond(turn_id, pcm, rate, image, text, max_new_tokens))
+        self.sent.append(turn_id)
         return turn_id
+
+    def transcribe(self, pcm: bytes, rate: int, max_new_tokens: int) -> str:
+        request_id = f"transcribe{next(self.ids)}"
+        self.transcriptions.append(Transcribe(request_id, pcm, rate, max_new_tokens))
+        self.sent.append(request_id)
+        return request_id
 
     def prefetch(self, image: bytes) -> str:
         self.prefetched.append(image)

@@ -50,6 +50,19 @@ def test_full_turn_through_the_client(client: EngineClient, qtbot) -> None:
     assert len(pcm) / 4 / 16000 == pytest.approx(result["audio_seconds"])
 
 
+def test_a_transcription_through_the_client(client: EngineClient, qtbot) -> None:
+    errors = []
+    client.error.connect(lambda request, message: errors.append(message))
+    with qtbot.waitSignal(client.transcribed, timeout=120_000) as answered:
+        asked = client.transcribe(SPEECH, 16000, 6)
+    request_id, result = answered.args
+    assert request_id == asked and isinstance(result["text"], str) and not result["cancelled"]
+    with qtbot.waitSignal(client.transcribed, timeout=10_000) as refused:
+        asked = client.transcribe(b"", 16000, 6)  # the engine refuses it: its error goes to the asker
+    assert refused.args == [asked, {"error": f"transcribe {asked}: no speech to transcribe"}]
+    assert errors == [] and client.transcriptions == set()
+
+
 def test_engine_killed_mid_reply_is_reported_then_restarted_with_the_model(client: EngineClient, qtbot) -> None:
     shown, finished = [], []  # what the app has shown of the conversation: it must survive the engine
     client.textDelta.connect(lambda turn, text: shown.append(text))

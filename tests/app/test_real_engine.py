@@ -12,12 +12,13 @@ from PySide6.QtCore import QSettings, Qt
 from app.engine_client import EngineClient
 from app.history import HistoryStore
 from app.window import MainWindow, ModelChoice
+from tests.signals import tone
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_a_typed_turn_through_the_engine_appears_in_the_window_and_the_history(qtbot, test_model: Path,
-                                                                               tmp_path: Path) -> None:
+def test_turns_through_the_engine_appear_in_the_window_and_the_history(qtbot, test_model: Path,
+                                                                        tmp_path: Path) -> None:
     data = tmp_path / "data"
     store = HistoryStore.open(data)
     window = MainWindow(EngineClient(), store, QSettings(str(data / "settings.ini"), QSettings.Format.IniFormat),
@@ -37,6 +38,14 @@ def test_a_typed_turn_through_the_engine_appears_in_the_window_and_the_history(q
         user, reply = window.view.widgets.values()
         assert user.body.text() == "Describe the picture, please." and reply.body.text()
         assert reply.footer.text().startswith("first words")
+
+        speech = (tone(2.0) * 32767).astype("<i2").tobytes()
+        with qtbot.waitSignal(window.engine.transcribed, timeout=120_000):
+            window.on_speech_ended(speech, 16000)  # a spoken turn: its transcript follows its reply
+        key = list(window.view.widgets)[2]
+        qtbot.waitUntil(lambda: not window.view.widgets[key].transcript.isHidden())
+        transcript = window.chat.views[key].transcript
+        assert transcript and window.view.widgets[key].transcript.text() == f"“{transcript}”"
     finally:
         window.close()  # stops the engine process
         store.close()
@@ -44,7 +53,8 @@ def test_a_typed_turn_through_the_engine_appears_in_the_window_and_the_history(q
     out = subprocess.run([sys.executable, "main.py", "history", "--data-dir", str(data), "--json"], cwd=ROOT,
                          capture_output=True, text=True, check=True)
     [conversation] = json.loads(out.stdout)["conversations"]
-    asked, answered = conversation["turns"]
+    asked, answered, spoken_turn, _ = conversation["turns"]
+    assert spoken_turn["transcript"] == transcript and spoken_turn["audio_file"]
     assert (asked["role"], asked["text"]) == ("user", "Describe the picture, please.")
     assert answered["role"] == "assistant" and answered["text"] == reply.body.text()
     assert Path(answered["audio_file"]).is_file() and answered["timings"]["total"] > 0

@@ -286,7 +286,7 @@ def test_the_voice_controller_drives_the_window(qtbot, make_window, tmp_path: Pa
     assert "voice 1.0 s" in user.header.text() and user.transcript.isHidden()
     engine.reply("A red square.")
     assert voice.played and window.indicator.state == "listening"
-    window.chat.set_transcript(min(window.view.widgets), "What is this?")
+    window.chat.set_transcript(window.chat.views[min(window.view.widgets)], "What is this?")
     assert user.transcript.text() == "“What is this?”"
     stored = window.store.turns(window.chat.conversation.id)[0]
     assert stored.transcript == "What is this?" and window.store.path(stored.audio_file).is_file()
