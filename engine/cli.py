@@ -17,6 +17,7 @@ import numpy as np
 
 from engine.errors import OmnivoxError
 from engine.media import DEFAULT_MAX_IMAGE_SIDE, DEFAULT_MAX_SPEECH_SECONDS, SAMPLE_RATE, open_image, read_speech
+from engine.models import VOCODER_URL
 from engine.quantize import PRECISIONS
 
 
@@ -45,12 +46,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     models = commands.add_parser("models", help="list, download, verify or remove Lyra models")
     models.add_argument("--data-dir", type=Path, help="Omnivox data folder (default: the user data folder)")
     models.add_argument("--endpoint", help="hub address (default: huggingface.co or $HF_ENDPOINT)")
+    models.add_argument("--vocoder-url", default=VOCODER_URL, help="folder URL the unit vocoder is fetched from")
     action = models.add_subparsers(dest="action", required=True)
     action.add_parser("list", help="the catalogue, what is installed and what fits this GPU").add_argument(
         "--json", action="store_true")
     for name, text in (("download", "download a model (resumes an interrupted download)"),
                        ("verify", "check an installed model's files"), ("remove", "delete an installed model")):
         action.add_parser(name, help=text).add_argument("name", help="e.g. Lyra-Mini-3B")
+    action.choices["download"].add_argument(
+        "--json", action="store_true", help="progress as JSON lines on stdout (for the window's model manager)")
     models.set_defaults(run=run_models)
 
     doctor = commands.add_parser("doctor", help="report Python, GPU, audio devices, cameras and models")
@@ -158,9 +162,9 @@ def default_data_dir() -> Path:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from engine.models import ModelStore, model_listing
+    from engine.models import ModelStore, Progress, model_listing
 
-    store = ModelStore(args.data_dir or default_data_dir(), endpoint=args.endpoint)
+    store = ModelStore(args.data_dir or default_data_dir(), endpoint=args.endpoint, vocoder_url=args.vocoder_url)
     if args.action == "list":
         rows = model_listing(store)
         if args.json:
@@ -171,12 +175,21 @@ def run_models(args: argparse.Namespace) -> int:
             print(f"{row['name']:14} {row['parameters']:>8}  download {row['download_gb']:5.1f} GB  "
                   f"NF4 {row['nf4_gb']:4.1f} GB  {fits}  {state}")
     elif args.action == "download":
-        def show(file: str, done: int, total: int | None) -> None:
+        def show(progress: Progress) -> None:
+            if args.json:
+                print(json.dumps({"event": "progress", "file": progress.file, "done": progress.done,
+                                  "total": progress.total}), flush=True)
+                return
+            done, total = progress.file_done, progress.file_total
             share = f"{100 * done / total:5.1f}%" if total else f"{done / 1e6:8.1f} MB"
-            print(f"\r{file}: {share}", end="", file=sys.stderr, flush=True)
+            print(f"\r{progress.file}: {share}", end="", file=sys.stderr, flush=True)
 
         paths = store.download(args.name, progress=show)
-        print(f"\n{args.name} is ready in {paths.folder}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"event": "installed", "name": args.name, "folder": str(paths.folder),
+                              "vocoder": str(paths.vocoder)}), flush=True)
+        else:
+            print(f"\n{args.name} is ready in {paths.folder}", file=sys.stderr)
     elif args.action == "verify":
         problems = store.verify(args.name)
         for problem in problems:

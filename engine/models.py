@@ -5,7 +5,8 @@ HTTP Range requests into `<file>.part` beside the target: huggingface_hub 2.x do
 attempt into a fresh process-unique temporary file, so a 5 GB shard cut off by a closed laptop
 would start over — here it continues where it stopped. The unit vocoder (not on the hub) comes
 the same way. `models.json` in the data folder records each finished model; a model is listed as
-installed only once every file arrived whole.
+installed only once every file arrived whole. Progress is reported for the whole model, not only
+file by file, so one bar can show it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,30 @@ ProgressCallback = Callable[[str, int, int | None], None]  # file, bytes done, b
 
 class DownloadCancelled(OmnivoxError):
     pass
+
+
+@dataclass(frozen=True)
+class Progress:
+    file: str
+    file_done: int
+    file_total: int | None
+    done: int  # bytes of the whole model on disk, earlier runs' included
+    total: int  # bytes of the whole model as far as known: the vocoder's size is learnt when it starts
+
+
+class Tally:
+    """File-by-file progress (a ProgressCallback) summed into the whole download's."""
+
+    def __init__(self, report: Callable[[Progress], None], sizes: dict[str, int]) -> None:
+        self.report = report
+        self.sizes = dict(sizes)  # file → bytes, of every file known so far
+        self.done: dict[str, int] = {}
+
+    def __call__(self, file: str, done: int, total: int | None) -> None:
+        if total is not None:
+            self.sizes[file] = total
+        self.done[file] = done
+        self.report(Progress(file, done, total, sum(self.done.values()), sum(self.sizes.values())))
 
 
 @dataclass(frozen=True)
@@ -84,21 +109,23 @@ class ModelStore:
 
     # ---- download -----------------------------------------------------------------------
 
-    def download(self, name: str, progress: ProgressCallback | None = None,
+    def download(self, name: str, progress: Callable[[Progress], None] | None = None,
                  cancel: threading.Event | None = None) -> ModelPaths:
         entry = catalog_entry(name)
         cancel = cancel or threading.Event()
-        report = progress or (lambda file, done, total: None)
-        folder, files = self.download_repo(entry, report, cancel)
+        sha, files = self.repo_files(entry)
+        sizes = {f"{entry.repo}/{filename}": size for filename, size in files.items()}
+        report = Tally(progress or (lambda _: None), sizes)
+        folder = self.download_repo(entry, sha, files, report, cancel)
         vocoder = self.download_vocoder(folder / "vocoder", report, cancel)  # where the loader looks by default
         registry = self.registry()
         registry[name] = {"repo": entry.repo, "folder": str(folder), "vocoder": str(vocoder), "files": files}
         self.save_registry(registry)
         return ModelPaths(folder, vocoder)
 
-    def download_repo(self, entry: CatalogModel, report: ProgressCallback, cancel: threading.Event
-                      ) -> tuple[Path, dict[str, int]]:
-        from huggingface_hub import HfApi, hf_hub_url
+    def repo_files(self, entry: CatalogModel) -> tuple[str | None, dict[str, int]]:
+        """The repository's commit and its files' sizes, from the hub."""
+        from huggingface_hub import HfApi
 
         try:
             info = HfApi(endpoint=self.endpoint).model_info(entry.repo, files_metadata=True)
@@ -107,23 +134,42 @@ class ModelStore:
         files = {sibling.rfilename: sibling.size or 0 for sibling in info.siblings or []}
         if not files:
             raise OmnivoxError(f"{entry.repo}: the hub lists no files for this model.")
-        folder = self.data_dir / "models" / entry.name
+        return info.sha, files
+
+    def download_repo(self, entry: CatalogModel, sha: str | None, files: dict[str, int], report: ProgressCallback,
+                      cancel: threading.Event) -> Path:
+        from huggingface_hub import hf_hub_url
+
+        folder = self.model_folder(entry.name)
         for filename, size in files.items():
-            target = folder / filename
+            target, label = folder / filename, f"{entry.repo}/{filename}"
             if target.is_file() and target.stat().st_size == size:
-                continue  # finished in an earlier run
+                report(label, size, size)  # finished in an earlier run
+                continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            url = hf_hub_url(entry.repo, filename, revision=info.sha, endpoint=self.endpoint)
-            self.fetch_resumable(url, target, f"{entry.repo}/{filename}", report, cancel)
-        return folder, files
+            url = hf_hub_url(entry.repo, filename, revision=sha, endpoint=self.endpoint)
+            self.fetch_resumable(url, target, label, report, cancel)
+        return folder
 
     def download_vocoder(self, folder: Path, report: ProgressCallback, cancel: threading.Event) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         for filename in VOCODER_FILES:
-            target = folder / filename
-            if not target.exists():
-                self.fetch_resumable(f"{self.vocoder_url}/{filename}", target, f"vocoder/{filename}", report, cancel)
+            target, label = folder / filename, f"vocoder/{filename}"
+            if target.exists():
+                report(label, target.stat().st_size, target.stat().st_size)
+            else:
+                self.fetch_resumable(f"{self.vocoder_url}/{filename}", target, label, report, cancel)
         return folder
+
+    def model_folder(self, name: str) -> Path:
+        return self.data_dir / "models" / name
+
+    def partial_bytes(self, name: str) -> int:
+        """Bytes an unfinished download of `name` left on disk (0 when none, or when it is installed)."""
+        folder = self.model_folder(name)
+        if self.installed(name) is not None or not folder.is_dir():
+            return 0
+        return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
     def fetch_resumable(self, url: str, target: Path, label: str, report: ProgressCallback,
                         cancel: threading.Event) -> None:
@@ -194,7 +240,8 @@ HEADROOM_BYTES = 1_500_000_000  # activations, KV cache of a long turn, CUDA con
 
 
 def model_listing(store: ModelStore) -> list[dict]:
-    """The catalogue with install state, NF4 weight size and whether it fits the GPU's free memory."""
+    """The catalogue with install state (the folder when installed, else the bytes an unfinished download left),
+    NF4 weight size and whether it fits the GPU's free memory."""
     import torch
 
     from engine.memory import build_on_meta, weight_bytes_by_part
@@ -203,10 +250,12 @@ def model_listing(store: ModelStore) -> list[dict]:
     rows = []
     for name, entry in CATALOG.items():
         nf4 = sum(weight_bytes_by_part(build_on_meta(entry.config(), entry.size), "nf4").values())
+        installed = store.installed(name)
         rows.append({
             "name": name, "repo": entry.repo, "parameters": entry.parameters,
             "download_gb": round(entry.download_bytes / 1e9, 1), "nf4_gb": round(nf4 / 1e9, 2),
-            "installed": store.installed(name) is not None,
+            "installed": installed is not None, "folder": str(installed.folder) if installed else None,
+            "partial_bytes": store.partial_bytes(name),
             "fits_gpu": None if free is None else nf4 + HEADROOM_BYTES <= free,
         })
     return rows

@@ -10,7 +10,7 @@ import pytest
 
 from engine.catalog import CATALOG
 from engine.errors import OmnivoxError
-from engine.models import DownloadCancelled, ModelStore
+from engine.models import DownloadCancelled, ModelStore, Progress
 from tests.engine.hub_standin import HubStandIn
 
 NAME = "Lyra-Mini-3B"
@@ -29,12 +29,16 @@ def store_for(hub: HubStandIn, tmp_path: Path) -> ModelStore:
 
 def test_download_reports_progress_and_installs_a_loadable_model(hub: HubStandIn, tmp_path: Path) -> None:
     store = store_for(hub, tmp_path)
-    seen: dict[str, int] = {}
-    paths = store.download(NAME, progress=lambda file, done, total: seen.__setitem__(file, done))
+    events: list[Progress] = []
+    paths = store.download(NAME, progress=events.append)
     assert (paths.folder / "config.json").is_file() and (paths.vocoder / "g_00500000").is_file()
+    seen = {event.file: event.file_done for event in events}
     shard = "model-00002-of-00002.safetensors"
     assert seen[f"{CATALOG[NAME].repo}/{shard}"] == (hub.repo_folder / shard).stat().st_size
     assert seen["vocoder/g_00500000"] == (hub.vocoder_folder / "g_00500000").stat().st_size
+    everything = sum(p.stat().st_size for p in paths.folder.rglob("*") if p.is_file())
+    assert events[-1].done == events[-1].total == everything  # one bar for the whole model
+    assert [event.done for event in events] == sorted(event.done for event in events)
     assert store.installed(NAME) == paths
     assert store.verify(NAME) == []
 
@@ -52,8 +56,11 @@ def test_an_interrupted_download_resumes_with_a_range_request(hub: HubStandIn, t
         store.download(NAME)
     assert store.installed(NAME) is None  # a partial download is never listed as installed
     partial = next((tmp_path / "data" / "models").rglob("*.part"))
-    assert partial.stat().st_size == 32768
-    store.download(NAME)
+    assert partial.stat().st_size == 32768 and store.partial_bytes(NAME) >= 32768
+    events: list[Progress] = []
+    store.download(NAME, progress=events.append)
+    label = f"{CATALOG[NAME].repo}/{partial.relative_to(tmp_path / 'data' / 'models' / NAME).as_posix()[:-5]}"
+    assert min(event.file_done for event in events if event.file == label) > 32768  # counted from what is there
     assert any(r.startswith("GET ") and r.endswith("bytes=32768-") for r in hub.requests)
     assert store.verify(NAME) == [] and not list((tmp_path / "data").rglob("*.part"))
 
@@ -73,8 +80,8 @@ def test_cancel_stops_the_download_and_leaves_nothing_installed(hub: HubStandIn,
     hub.delay_per_chunk = 0.02
     cancel = threading.Event()
 
-    def cancel_soon(file: str, done: int, total: int | None) -> None:
-        if done > 20000:
+    def cancel_soon(progress: Progress) -> None:
+        if progress.file_done > 20000:
             cancel.set()
 
     with pytest.raises(DownloadCancelled, match="cancelled"):
@@ -136,9 +143,24 @@ def test_models_and_doctor_commands_print_json(hub: HubStandIn, tmp_path: Path, 
     assert main(["models", "--data-dir", data, "--endpoint", hub.url, "list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in rows] == ["Lyra-Mini-3B", "Lyra-Base-9B"]
-    assert rows[1]["nf4_gb"] <= 6.5 and not rows[0]["installed"]
+    assert rows[1]["nf4_gb"] <= 6.5 and not rows[0]["installed"] and rows[0]["folder"] is None
     assert main(["models", "--data-dir", data, "verify", NAME]) == 1
     assert "not installed" in capsys.readouterr().err
     assert main(["doctor", "--data-dir", data, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert {"python", "gpu", "bitsandbytes", "audio", "cameras", "models"} <= set(report)
+
+
+def test_download_json_prints_progress_lines_then_the_folder(hub: HubStandIn, tmp_path: Path, capsys) -> None:
+    from main import main
+
+    data = str(tmp_path / "data")
+    assert main(["models", "--data-dir", data, "--endpoint", hub.url, "--vocoder-url", f"{hub.url}/vocoder",
+                 "download", NAME, "--json"]) == 0
+    *progress, installed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {line["event"] for line in progress} == {"progress"} and progress[-1]["done"] == progress[-1]["total"]
+    assert installed == {"event": "installed", "name": NAME, "folder": str(tmp_path / "data" / "models" / NAME),
+                         "vocoder": str(tmp_path / "data" / "models" / NAME / "vocoder")}
+    assert main(["models", "--data-dir", data, "list", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["installed"] and row["folder"] == installed["folder"] and row["partial_bytes"] == 0
