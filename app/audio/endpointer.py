@@ -10,7 +10,16 @@ floor, above the tracked background noise by a margin (fans, hum), above the ech
 playback (speakers, not headphones), and not a single impulse (keyboard clicks). Once a turn
 runs, quieter sound just above the background also holds it open: the ends of words fade into
 the noise, and webrtcvad drops them, so a pause measured by the VAD alone is longer than the
-pause the user made.
+pause the user made. "Above the background" is judged per frequency band as well as overall:
+a final "s" or the burst of a final "t" is lost in the overall level of a low rumble but
+stands out in its own band.
+
+The hangover (quiet that ends a turn) is counted from the last sound the detector could hear.
+In noise, the faded ends and soft onsets of words sink under the background, so a pause looks
+longer than it is by roughly what the noise hides; the hangover grows by up to
+`noise_hangover_ms` as the turn's speech stands less far above the background. The end of the
+turn is heard early by the same amount, so the wait after the user's real last sound stays
+about the same.
 """
 
 from __future__ import annotations
@@ -35,18 +44,36 @@ class Sensitivity:
     floor_db: float  # frames quieter than this (dBFS RMS) are never speech
     start_margin_db: float  # how far above the background a frame must be to count as speech
     hold_margin_db: float  # how far above the background sound must stay to keep a turn open
-    hangover_ms: int  # quiet that ends a turn
+    hangover_ms: int  # quiet that ends a turn, in a quiet room
+    noise_hangover_ms: int  # added when the speech is only MURKY_SNR_DB above the background
 
 
 # "low" reacts to less (noisy rooms) and answers sooner, "high" hears quiet voices and waits longer.
 # Tuned with benchmarks/endpointing.py: pauses of 500 ms inside a sentence plus the word endings
 # lost in the noise must stay under the hangover.
 PRESETS: dict[str, Sensitivity] = {
-    "low": Sensitivity(vad_mode=3, floor_db=-42.0, start_margin_db=8.0, hold_margin_db=5.0, hangover_ms=600),
-    "normal": Sensitivity(vad_mode=3, floor_db=-48.0, start_margin_db=6.0, hold_margin_db=4.0, hangover_ms=690),
-    "high": Sensitivity(vad_mode=2, floor_db=-55.0, start_margin_db=5.0, hold_margin_db=3.5, hangover_ms=800),
+    "low": Sensitivity(vad_mode=3, floor_db=-42.0, start_margin_db=8.0, hold_margin_db=5.0, hangover_ms=480,
+                       noise_hangover_ms=30),
+    "normal": Sensitivity(vad_mode=3, floor_db=-48.0, start_margin_db=6.0, hold_margin_db=4.0, hangover_ms=570,
+                          noise_hangover_ms=30),
+    "high": Sensitivity(vad_mode=2, floor_db=-55.0, start_margin_db=5.0, hold_margin_db=3.5, hangover_ms=750,
+                        noise_hangover_ms=60),
 }
 HOLD_MS = 60  # sound above the hold margin must last this long: single noise frames poke above it
+# The turn's speech level over the background at which the hangover starts to grow (CLEAR) and
+# where it has grown by the whole noise_hangover_ms (MURKY): at 20 dB little of a word sinks
+# under the noise, at 8 dB its last and first 100-200 ms can.
+CLEAR_SNR_DB = 18.0
+MURKY_SNR_DB = 8.0
+SPEECH_LEVEL_S = 3.0  # the speech level follows the last few seconds of voiced frames
+
+# Bands (Hz) judged on their own, and how far a band must rise over its tracked floor to count as
+# sound: above the 99.9th percentile of (band level - its 2 s minimum) for stationary noise of any
+# colour, in a 30 ms Hann window. Narrow bands hold few FFT bins, so their level wobbles more.
+BAND_WINDOW = 480
+BANDS_HZ = ((100, 250), (250, 500), (500, 1000), (1000, 2000), (2000, 3000), (3000, 4000), (4000, 6000),
+            (6000, 8000))
+BAND_MARGINS_DB = (16.5, 13.5, 9.5, 7.0, 7.0, 7.0, 5.0, 5.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +136,28 @@ class NoiseTracker:
         return min(self.minima)
 
 
+class BandFloors:
+    """Level per frequency band over the last 30 ms, each against its own background floor."""
+
+    def __init__(self) -> None:
+        self.window = np.hanning(BAND_WINDOW)
+        freqs = np.fft.rfftfreq(BAND_WINDOW, 1 / SAMPLE_RATE)
+        self.edges = [int(np.searchsorted(freqs, lo)) for lo, _ in BANDS_HZ] + [
+            int(np.searchsorted(freqs, BANDS_HZ[-1][1]))]
+        self.margins = np.array(BAND_MARGINS_DB)
+        self.floors = [NoiseTracker() for _ in BANDS_HZ]
+        self.recent = np.zeros(BAND_WINDOW)
+
+    def above(self, samples: np.ndarray) -> bool:
+        """Whether any band of the newest 30 ms stands out of its background (and track the backgrounds)."""
+        self.recent = np.concatenate([self.recent[len(samples) :], samples])[-BAND_WINDOW:]
+        power = np.square(np.abs(np.fft.rfft(self.recent * self.window)))
+        bands = 10 * np.log10(np.add.reduceat(power, self.edges)[:-1] + 1.0)  # +1: digital silence stays finite
+        floors = np.array([floor.update(db, len(samples) / SAMPLE_RATE) for floor, db in zip(self.floors, bands,
+                                                                                             strict=True)])
+        return bool(np.any(bands >= floors + self.margins))
+
+
 class Endpointer:
     """Splits a stream of frames into turns. Not thread-safe: one thread pushes and presses."""
 
@@ -146,6 +195,9 @@ class Endpointer:
         self.echo_hold = ms_to_samples(echo_hold_ms)
         self.vad = webrtcvad.Vad(self.sensitivity.vad_mode)
         self.noise = NoiseTracker()
+        self.noise_db = SILENT_DB
+        self.bands = BandFloors()
+        self.speech_db: float | None = None  # level of the user's voiced frames lately, for the hangover
         self.playback_db = SILENT_DB
         self.echo_levels: deque[tuple[int, float]] = deque()
         self.now = 0  # samples pushed so far
@@ -194,7 +246,7 @@ class Endpointer:
             events.append(self.begin(start, continued=True))
             return events
         self.turn.add(frame, voiced, sounding, self.now)
-        if not self.held and self.now - self.turn.last_sound >= ms_to_samples(self.sensitivity.hangover_ms):
+        if not self.held and self.now - self.turn.last_sound >= ms_to_samples(self.hangover_ms()):
             events.append(self.finish(self.turn.last_sound, "silence"))
         return events
 
@@ -213,15 +265,25 @@ class Endpointer:
         self.held = False
         return [] if self.turn is None else [self.finish(self.now, "flush")]
 
+    def hangover_ms(self) -> float:
+        """The quiet that ends the turn now: longer the less the speech stands out of the background."""
+        preset = self.sensitivity
+        if self.speech_db is None:
+            return preset.hangover_ms
+        murk = (CLEAR_SNR_DB - (self.speech_db - self.noise_db)) / (CLEAR_SNR_DB - MURKY_SNR_DB)
+        return preset.hangover_ms + preset.noise_hangover_ms * min(max(murk, 0.0), 1.0)
+
     def classify(self, frame: bytes, samples: np.ndarray, db: float) -> tuple[bool, bool]:
         """(voiced, sounding): speech that may start a turn, and sound that keeps one open."""
         preset = self.sensitivity
-        noise_db = self.noise.update(db, len(samples) / SAMPLE_RATE)
+        seconds = len(samples) / SAMPLE_RATE
+        self.noise_db = noise_db = self.noise.update(db, seconds)
+        band_above = self.bands.above(samples)
         self.echo_levels.append((self.now, self.playback_db))
         while self.echo_levels[0][0] < self.now - self.echo_hold:
             self.echo_levels.popleft()
         audible = db >= preset.floor_db and (self.headphones or db >= self.echo_db + self.echo_margin_db)
-        loud = audible and db >= noise_db + preset.hold_margin_db
+        loud = audible and (db >= noise_db + preset.hold_margin_db or band_above)
         self.loud_run = self.loud_run + len(samples) if loud else 0
         voiced = (
             audible
@@ -229,6 +291,9 @@ class Endpointer:
             and not impulsive(samples)
             and self.vad.is_speech(frame, SAMPLE_RATE)
         )
+        if voiced:
+            self.speech_db = db if self.speech_db is None else self.speech_db + (db - self.speech_db) * min(
+                1.0, seconds / SPEECH_LEVEL_S)
         return voiced, voiced or self.loud_run >= ms_to_samples(HOLD_MS)
 
     def remember(self, start: int, frame: bytes, voiced: bool) -> None:

@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from app.audio.capture import Capture  # noqa: E402
+from app.audio.endpointer import PRESETS  # noqa: E402
 from app.audio.playback import Playback  # noqa: E402
 from app.voice_controller import VoiceController  # noqa: E402
 from tests.app.audio.test_real_devices import Recorder  # noqa: E402
@@ -99,7 +100,7 @@ def test_a_spoken_question_is_one_turn_and_the_reply_is_heard_on_the_speaker(pul
     assert np.fft.rfftfreq(len(recorded), 1 / 16000)[spectrum.argmax()] == pytest.approx(330, abs=5)
     ms = loop.records[0]["timings_ms"]
     assert 0 <= ms["endpoint"] <= ms["request_sent"] <= ms["first_text"] <= ms["first_audio_played"]
-    assert ms["endpoint"] == pytest.approx(690, abs=150)  # the hangover, as the user waits it
+    assert ms["endpoint"] == pytest.approx(PRESETS["normal"].hangover_ms, abs=150)  # the hangover, as the user waits it
 
 
 def test_speaking_over_the_reply_stops_it_and_becomes_the_next_turn(pulse, question, qtbot) -> None:
