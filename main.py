@@ -36,7 +36,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     from app.cli import COMMANDS
 
     options, rest = build_gui_parser().parse_known_args(argv)
-    if not rest:  # no sub-command: the window
+    if not rest:  # no sub-command: the window, or the installation check
+        if options.self_test:
+            options.run = run_self_test
         return options
     # a sub-command, -h, or a mistake the full parser explains
     return build_parser(engine_commands=rest[0] not in COMMANDS).parse_args(argv)
@@ -44,6 +46,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def run_gui(args: argparse.Namespace) -> int:
     from app.gui import run  # Qt loads here, never for a sub-command
+
+    return run(args)
+
+
+def run_self_test(args: argparse.Namespace) -> int:
+    from engine.selftest import run
 
     return run(args)
 
