@@ -1,0 +1,124 @@
+"""The model manager dialog over the real `main.py models` process, against the loopback hub stand-in."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt
+
+from app.model_manager import ModelManager, failure_line, parse_listing
+from app.window.model_dialog import ModelDialog
+from engine.catalog import CATALOG
+from engine.models import ModelStore
+from tests.engine.hub_standin import HubStandIn
+
+NAME = "Lyra-Mini-3B"
+PROCESS_MS = 120_000  # each run imports torch: seconds on a busy machine
+LEFT = Qt.MouseButton.LeftButton
+
+
+@pytest.fixture
+def hub(test_model: Path) -> Iterator[HubStandIn]:
+    with HubStandIn(CATALOG[NAME].repo, test_model, test_model / "vocoder") as standin:
+        yield standin
+
+
+@pytest.fixture
+def managers() -> Iterator[list[ModelManager]]:
+    made: list[ModelManager] = []
+    yield made
+    for manager in made:
+        manager.shutdown()  # a listing still running after the test's last check
+
+
+def open_dialog(qtbot, manager: ModelManager, managers: list[ModelManager]) -> ModelDialog:
+    managers.append(manager)
+    dialog = ModelDialog(manager)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    with qtbot.waitSignal(manager.listed, timeout=PROCESS_MS):
+        dialog.refresh()
+    return dialog
+
+
+def cells(dialog: ModelDialog, row: int) -> list[str]:
+    return [dialog.table.item(row, column).text() for column in range(dialog.table.columnCount())]
+
+
+def test_download_with_progress_then_use(qtbot, hub: HubStandIn, tmp_path: Path, managers) -> None:
+    manager = ModelManager(tmp_path / "data", endpoint=hub.url, vocoder_url=f"{hub.url}/vocoder")
+    dialog = open_dialog(qtbot, manager, managers)
+    assert [cells(dialog, row)[:4] for row in range(2)] == [
+        ["Lyra-Mini-3B", "3.28 B", "6.6 GB", "2.2 GB"], ["Lyra-Base-9B", "9.37 B", "18.7 GB", "6.1 GB"]]
+    assert cells(dialog, 0)[4] in ("fits", "too big", "no CUDA GPU: runs on the CPU, slowly")
+    assert cells(dialog, 0)[5] == "not downloaded" and not dialog.use_button.isEnabled()
+
+    values: list[int] = []
+    dialog.progress.valueChanged.connect(values.append)
+    with qtbot.waitSignal(manager.installed, timeout=PROCESS_MS) as installed:
+        qtbot.mouseClick(dialog.download_button, LEFT)
+        assert dialog.progress.isVisible() and not dialog.download_button.isEnabled()
+    folder = installed.args[1]
+    assert values and values[-1] == 1000 and values == sorted(values)
+    assert dialog.status.text() == f"{NAME} is ready in {folder}." and not dialog.progress.isVisible()
+    assert ModelStore(tmp_path / "data").verify(NAME) == []
+    qtbot.waitUntil(lambda: cells(dialog, 0)[5] == "installed", timeout=PROCESS_MS)  # listed again
+    with qtbot.waitSignal(dialog.modelChosen) as chosen:
+        qtbot.mouseClick(dialog.use_button, LEFT)
+    assert chosen.args == [folder] and not dialog.isVisible()
+
+
+def test_cancel_then_resume(qtbot, hub: HubStandIn, tmp_path: Path, managers) -> None:
+    manager = ModelManager(tmp_path / "data", endpoint=hub.url, vocoder_url=f"{hub.url}/vocoder")
+    dialog = open_dialog(qtbot, manager, managers)
+    hub.delay_per_chunk = 0.05  # 16 KB every 50 ms: seconds into the 1.6 MB shard, the first MB is on disk
+    dialog.download()
+
+    def partial() -> list[Path]:
+        return [path for path in (tmp_path / "data").rglob("*.part") if path.stat().st_size]
+
+    qtbot.waitUntil(lambda: bool(partial()), timeout=PROCESS_MS)
+    with qtbot.waitSignal(manager.stopped, timeout=10_000) as stopped:
+        qtbot.mouseClick(dialog.cancel_button, LEFT)
+    assert stopped.args == [NAME, ""] and "cancelled" in dialog.status.text()
+    store = ModelStore(tmp_path / "data")
+    [part] = partial()
+    kept = part.stat().st_size
+    assert store.installed(NAME) is None
+    qtbot.waitUntil(lambda: cells(dialog, 0)[5].startswith("paused at"), timeout=PROCESS_MS)
+    assert dialog.download_button.text() == "Resume download" and dialog.download_button.isEnabled()
+
+    hub.delay_per_chunk = 0.0
+    hub.requests.clear()
+    with qtbot.waitSignal(manager.installed, timeout=PROCESS_MS):
+        qtbot.mouseClick(dialog.download_button, LEFT)
+    assert f"bytes={kept}-" in " ".join(hub.requests)  # resumed from what the cancelled run left
+    assert store.verify(NAME) == [] and not list((tmp_path / "data").rglob("*.part"))
+
+
+def test_no_network_is_one_line_in_the_dialog(qtbot, hub: HubStandIn, tmp_path: Path, managers) -> None:
+    manager = ModelManager(tmp_path / "data", endpoint="http://127.0.0.1:9", vocoder_url="http://127.0.0.1:9")
+    dialog = open_dialog(qtbot, manager, managers)
+    with qtbot.waitSignal(manager.stopped, timeout=PROCESS_MS):
+        dialog.download()
+    assert dialog.status.text().startswith(f"{NAME}: zszhong/Lyra_Mini_3B: download failed")
+    assert "check the network" in dialog.status.text() and "\n" not in dialog.status.text()
+    assert dialog.download_button.isEnabled() and not dialog.use_button.isEnabled()
+
+
+def test_a_model_manager_that_cannot_run_is_reported(qtbot, tmp_path: Path) -> None:
+    manager = ModelManager(tmp_path, python="/nonexistent/python3")
+    dialog = ModelDialog(manager)
+    qtbot.addWidget(dialog)
+    with qtbot.waitSignal(manager.failed, timeout=10_000):
+        dialog.refresh()
+    assert dialog.status.text().startswith("The model list is unavailable: the model manager could not start")
+
+
+def test_command_output_parsing() -> None:
+    assert failure_line("Traceback…\nerror: disk is full\n\n", 1) == "disk is full"
+    assert failure_line("", 9) == "the model manager exited with status 9"
+    with pytest.raises(ValueError, match="unreadable model list"):
+        parse_listing('[{"name": "x"}]')
