@@ -22,6 +22,8 @@ def add_gui_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=DEVICES, help="where the model runs (default: cuda when available)")
     parser.add_argument("--no-voice", action="store_true",
                         help="typed turns only: leave the microphone and speaker alone")
+    parser.add_argument("--max-new-tokens", type=int, metavar="N",
+                        help="longest reply, in tokens (default 512); end-to-end tests keep replies short")
     parser.add_argument("--self-test", action="store_true",
                         help="answer one spoken turn with a generated test model, headless; exit 0 when it works")
     # For benchmarks: print a marker line once the window is on screen.

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import QApplication
 
 from app.audio.capture import Capture
 from app.audio.playback import Playback
+from app.chat import DEFAULT_MAX_NEW_TOKENS
 from app.engine_client import EngineClient
 from app.history import HistoryStore
 from app.settings import Preferences, load_preferences, open_settings
@@ -43,11 +44,11 @@ class FirstExpose(QObject):
         return False
 
 
-def voice_loop(engine: EngineClient, prefs: Preferences) -> WindowVoice:
+def voice_loop(engine: EngineClient, prefs: Preferences, max_new_tokens: int) -> WindowVoice:
     """Microphone → endpointer → engine, and the speaker, as chosen in Settings."""
     settings = VoiceSettings(mode="hands_free" if prefs.hands_free else "push_to_talk",
                              sensitivity=prefs.vad_sensitivity, barge_in=prefs.barge_in,
-                             headphones=prefs.output == "headphones")
+                             headphones=prefs.output == "headphones", max_new_tokens=max_new_tokens)
     playback = Playback(remembered=prefs.speaker or None)
     controller = VoiceController(engine, playback, lambda: Capture(remembered=prefs.microphone or None),
                                  settings=settings)
@@ -76,8 +77,9 @@ def run(args: argparse.Namespace) -> int:
         model = ModelChoice(str(args.model), args.precision or prefs.precision or None,
                             args.device or prefs.device or None)
     engine = EngineClient()
-    voice = None if args.no_voice else voice_loop(engine, prefs)
-    window = MainWindow(engine, store, settings, model=model, voice=voice)
+    max_new_tokens = args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    voice = None if args.no_voice else voice_loop(engine, prefs, max_new_tokens)
+    window = MainWindow(engine, store, settings, model=model, voice=voice, max_new_tokens=max_new_tokens)
     if voice is not None:  # the picture attached to a spoken turn: whatever the window's context shows
         voice.controller.visual_context = lambda: snapshot_png(window.context.snapshot())
     if args.print_shown:
