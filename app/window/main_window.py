@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
 from app.chat import DEFAULT_MAX_NEW_TOKENS, ChatController, TurnView
 from app.devices import DeviceProviders
 from app.history import Clip, Conversation, HistoryStore
+from app.model_manager import ModelManager
 from app.settings import Preferences, load_preferences, save_preferences
 from app.visual import screen as screens
 from app.visual.camera import Camera
@@ -43,6 +44,7 @@ from app.visual.image_input import ImageInput
 from app.voice import STATES, VoiceController, combined_state
 from app.window.controls import LevelMeter, MessageBox, StateIndicator
 from app.window.conversation_view import ConversationView
+from app.window.model_dialog import ModelDialog
 from app.window.region_picker import RegionPicker
 from app.window.settings_dialog import SettingsDialog
 from app.window.sidebar import HistorySidebar
@@ -51,11 +53,10 @@ from app.window.visual_panel import VisualPanel
 
 NOTICE_MS = 12_000
 LOADING_IMAGE = "Loading the image…"
-NO_MODEL = ("<b>No model yet.</b> Download one with <code>python main.py models download Lyra-Mini-3B</code> "
-            "(<code>python main.py models list</code> shows what fits your GPU), then start Omnivox with "
-            "<code>--model FOLDER</code> or choose the folder in Settings. To try the window without a download, "
-            "<code>python main.py make-test-model FOLDER</code> writes a tiny random-weight model (its replies "
-            "are noise).")
+NO_MODEL = ("<b>No model yet.</b> Download one in <b>Models</b> (it shows what fits your GPU) and use it, or "
+            "start Omnivox with <code>--model FOLDER</code>, or choose the folder in Settings. To try the window "
+            "without a download, <code>python main.py make-test-model FOLDER</code> writes a tiny random-weight "
+            "model (its replies are noise).")
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class MainWindow(QMainWindow):
     def __init__(self, engine: Any, store: HistoryStore, settings: QSettings, *,
                  providers: DeviceProviders | None = None, camera: Camera | None = None,
                  voice: VoiceController | None = None, model: ModelChoice | None = None,
-                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> None:
+                 models: ModelManager | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> None:
         super().__init__()
         self.setWindowTitle("Omnivox")
         self.setWindowIcon(icon("omnivox"))
@@ -85,6 +86,8 @@ class MainWindow(QMainWindow):
         self.model = model or self.model_from(self.prefs)
         self.engine_started = False
         self.picker: RegionPicker | None = None
+        self.models = models or ModelManager(store.folder, parent=self)  # models live beside the history
+        self.model_dialog: ModelDialog | None = None
 
         self.chat = ChatController(engine, store, max_new_tokens, self)
         self.images = ImageInput(self)
@@ -131,6 +134,9 @@ class MainWindow(QMainWindow):
         self.stop_button = QPushButton(icon("stop"), "Stop", self, objectName="stopButton")
         self.stop_button.setAccessibleName("Stop")
         self.stop_button.setToolTip("Stop the reply (Esc)")
+        self.models_button = QPushButton("Models", self, objectName="modelsButton")
+        self.models_button.setAccessibleName("Model manager")
+        self.models_button.setToolTip("Download a model and choose the one to use")
         self.settings_button = QPushButton(icon("settings"), "", self, objectName="settingsButton")
         self.settings_button.setAccessibleName("Settings")
         self.settings_button.setToolTip("Settings")
@@ -143,6 +149,7 @@ class MainWindow(QMainWindow):
         bar.addWidget(self.push_to_talk)
         bar.addSpacing(8)
         bar.addWidget(self.stop_button)
+        bar.addWidget(self.models_button)
         bar.addWidget(self.settings_button)
 
         self.message = MessageBox(self)
@@ -208,6 +215,7 @@ class MainWindow(QMainWindow):
         self.send_button.clicked.connect(self.send_typed)
         self.stop_button.clicked.connect(self.stop)
         self.settings_button.clicked.connect(self.open_settings)
+        self.models_button.clicked.connect(self.open_models)
         self.hands_free.toggled.connect(self.on_listen_mode)
 
         self.context.notice.connect(self.show_notice)
@@ -233,6 +241,8 @@ class MainWindow(QMainWindow):
         if self.model is not None:
             self.engine.load_model(self.model.folder, self.model.precision, self.model.device)
             self.set_engine_status("starting…")
+        else:  # the first run: getting a model is the first thing to do
+            self.open_models()
 
     def set_engine_status(self, text: str) -> None:
         self.engine_status.setText(f"Engine: {text}")
@@ -432,6 +442,19 @@ class MainWindow(QMainWindow):
         if dialog.exec() == SettingsDialog.DialogCode.Accepted:
             self.apply_preferences(dialog.chosen())
 
+    def open_models(self) -> None:
+        """The model manager, non-modal: a download may take a while and the window stays usable."""
+        if self.model_dialog is None:
+            self.model_dialog = ModelDialog(self.models, self)
+            self.model_dialog.modelChosen.connect(self.use_model)
+        self.model_dialog.refresh()
+        self.model_dialog.show()
+        self.model_dialog.raise_()
+
+    def use_model(self, folder: str) -> None:
+        """Load a model chosen in the model manager, and keep it as the one to use (as in Settings)."""
+        self.apply_preferences(replace(self.prefs, model=folder))
+
     def apply_preferences(self, prefs: Preferences) -> None:
         old, self.prefs = self.prefs, prefs
         save_preferences(self.settings, prefs)
@@ -450,6 +473,7 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
         self.context.shutdown()
+        self.models.shutdown()  # a download stops; the next one resumes it
         if self.voice is not None:
             self.voice.shutdown()
         self.engine.shutdown()

@@ -133,3 +133,32 @@ class FakeVoice:
 
     def shutdown(self) -> None:
         self.shut = True
+
+
+class FakeModelManager(QObject):
+    """The model manager's signals and methods; the test says what the catalogue holds."""
+
+    listed = Signal(list)
+    progress = Signal(str, object, object)
+    installed = Signal(str, str)
+    stopped = Signal(str, str)
+    failed = Signal(str)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refreshes = 0
+        self.downloading: str | None = None
+        self.shut = False
+
+    def refresh(self) -> None:
+        self.refreshes += 1
+
+    def download(self, name: str) -> bool:
+        self.downloading = name
+        return True
+
+    def cancel(self) -> None:
+        self.downloading = None
+
+    def shutdown(self) -> None:
+        self.shut = True

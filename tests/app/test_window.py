@@ -23,10 +23,11 @@ from PySide6.QtWidgets import (
 
 from app.devices import DeviceProviders
 from app.history import DB_NAME, HistoryStore
+from app.model_manager import ModelRow
 from app.settings import load_preferences
 from app.window import MainWindow, ModelChoice
 from app.window.settings_dialog import SettingsDialog
-from tests.app.fakes import FakeEngine, FakeVoice
+from tests.app.fakes import FakeEngine, FakeModelManager, FakeVoice
 from tests.app.video import write_test_video
 from tests.signals import tone
 
@@ -44,7 +45,7 @@ def make_window(qtbot, tmp_path: Path) -> Callable[..., MainWindow]:
         stores.append(store)
         settings = QSettings(str(tmp_path / "data" / "settings.ini"), QSettings.Format.IniFormat)
         window = MainWindow(FakeEngine(), store, settings, providers=PROVIDERS, voice=voice, model=model,
-                            max_new_tokens=8)
+                            models=FakeModelManager(), max_new_tokens=8)
         qtbot.addWidget(window)
         window.show()
         window.activateWindow()  # shortcuts (Esc, Ctrl+N, Ctrl+V, Space) go to the active window
@@ -93,14 +94,55 @@ def test_the_window_is_up_before_the_engine_is_started(qtbot, make_window) -> No
     engine = window.engine
     qtbot.waitUntil(lambda: engine.started == 1)
     assert engine.loaded == [("/models/Lyra_Test", "fp32", "cpu")]
-    assert not window.banner.isVisible()
+    assert not window.banner.isVisible() and window.model_dialog is None
 
 
 def test_without_a_model_the_window_says_how_to_get_one(make_window) -> None:
     window = make_window(model=None)
-    assert window.banner.isVisible() and "python main.py models download" in window.banner.text()
+    assert window.banner.isVisible() and "<b>Models</b>" in window.banner.text()
     window.send_text("hello?")
     assert window.engine.requests == [] and "no model" in window.statusBar().currentMessage()
+
+
+MINI = ModelRow("Lyra-Mini-3B", "3.28 B", 6.6, 2.2, True, "/data/models/Lyra-Mini-3B", 0)
+BASE = ModelRow("Lyra-Base-9B", "9.37 B", 18.7, 6.12, False, None, 4_000_000)
+
+
+def test_the_first_run_opens_the_model_manager_and_a_chosen_model_is_loaded_and_kept(qtbot, make_window) -> None:
+    window = make_window(model=None)
+    qtbot.waitUntil(lambda: window.model_dialog is not None and window.model_dialog.isVisible())
+    dialog, models = window.model_dialog, window.models
+    assert models.refreshes == 1 and window.engine.loaded == []
+    models.listed.emit([MINI, BASE])
+    assert dialog.table.item(1, 4).text() == "too big" and dialog.table.item(1, 5).text() == "paused at 4 MB"
+    dialog.table.selectRow(1)
+    assert dialog.download_button.text() == "Resume download" and not dialog.use_button.isEnabled()
+    dialog.table.selectRow(0)
+    qtbot.mouseClick(dialog.use_button, Qt.MouseButton.LeftButton)
+    assert window.engine.loaded == [("/data/models/Lyra-Mini-3B", None, None)] and not dialog.isVisible()
+    assert not window.banner.isVisible() and window.model == ModelChoice("/data/models/Lyra-Mini-3B", None, None)
+    assert load_preferences(QSettings(window.settings.fileName(), QSettings.Format.IniFormat)).model == MINI.folder
+    window.close()
+    assert models.shut  # a running download stops with the window (and resumes next time)
+
+
+def test_the_models_button_opens_the_manager_on_a_running_download(qtbot, make_window) -> None:
+    window = make_window()
+    qtbot.mouseClick(window.models_button, Qt.MouseButton.LeftButton)
+    dialog, models = window.model_dialog, window.models
+    assert dialog.isVisible() and models.refreshes == 1
+    models.listed.emit([MINI, BASE])
+    dialog.table.selectRow(1)
+    qtbot.mouseClick(dialog.download_button, Qt.MouseButton.LeftButton)
+    models.progress.emit("Lyra-Base-9B", 9_350_000_000, 18_700_000_000)  # past 2 GB: no int overflow
+    assert dialog.progress.isVisible() and dialog.progress.value() == 500 and dialog.cancel_button.isEnabled()
+    dialog.close()
+    window.open_models()  # reopened: the same dialog, still showing the download
+    assert window.model_dialog is dialog and dialog.progress.value() == 500
+    models.downloading = None
+    models.stopped.emit("Lyra-Base-9B", "Lyra-Base-9B: the disk is full; free some space and run the download again")
+    assert dialog.status.text().endswith("the disk is full; free some space and run the download again")
+    assert not dialog.progress.isVisible() and dialog.download_button.isEnabled()
 
 
 def test_a_typed_turn_streams_into_the_conversation_and_the_history(qtbot, make_window) -> None:
