@@ -75,7 +75,9 @@ class Command(QObject):
 
     def start(self, arguments: list[str]) -> None:
         self.pending = b""
-        self.process.setArguments([str(PROJECT_ROOT / "main.py"), "models", *arguments])
+        # A frozen app (installers/launcher.py) is its own interpreter and takes main.py's arguments itself.
+        script = [] if getattr(sys, "frozen", False) else [str(PROJECT_ROOT / "main.py")]
+        self.process.setArguments([*script, "models", *arguments])
         self.process.start()
 
     def stop(self) -> None:
@@ -165,12 +167,12 @@ class ModelManager(QObject):
     def on_download_line(self, line: str) -> None:
         try:
             event = json.loads(line)
-        except ValueError:
-            return  # a stray print is no reason to give up on a download
-        if event.get("event") == "progress":
-            self.progress.emit(self.downloading, int(event["done"]), int(event["total"]))
-        elif event.get("event") == "installed":
-            self.folder = str(event["folder"])
+            if event["event"] == "progress":
+                self.progress.emit(self.downloading, int(event["done"]), int(event["total"]))
+            elif event["event"] == "installed":
+                self.folder = str(event["folder"])
+        except (ValueError, KeyError, TypeError):
+            return  # a stray line is no reason to give up on a download: how the process ends decides
 
     def on_downloaded(self, code: int, error: str) -> None:
         name, self.downloading = self.downloading, None
