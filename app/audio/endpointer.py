@@ -10,9 +10,12 @@ floor, above the tracked background noise by a margin (fans, hum), above the ech
 playback (speakers, not headphones), and not a single impulse (keyboard clicks). Once a turn
 runs, quieter sound just above the background also holds it open: the ends of words fade into
 the noise, and webrtcvad drops them, so a pause measured by the VAD alone is longer than the
-pause the user made. "Above the background" is judged per frequency band as well as overall:
-a final "s" or the burst of a final "t" is lost in the overall level of a low rumble but
-stands out in its own band.
+pause the user made. Levels are taken in the speech band, and "above the background" is judged
+per frequency band as well as overall (app/audio/spectrum.py). Two kinds of sound get past
+webrtcvad and the level tests but are not a voice, and a turn of them is discarded, not sent:
+notes (music, a beep), whose spectrum holds still from frame to frame, and a new steady noise (a
+fan switched on), which stands out only until the background tracker catches up (two seconds)
+and has none of the rise and fall of syllables.
 
 The hangover (quiet that ends a turn) is counted from the last sound the detector could hear.
 In noise, the faded ends and soft onsets of words sink under the background, so a pause looks
@@ -31,9 +34,10 @@ from typing import Literal
 import numpy as np
 import webrtcvad
 
+from app.audio.spectrum import SILENT_DB, Analysis, NoiseTracker, Spectrum, rms_db
+
 SAMPLE_RATE = 16000
 FRAME_MS = (10, 20, 30)  # the frame lengths webrtcvad accepts
-SILENT_DB = -100.0  # the level reported for digital silence
 
 EndReason = Literal["silence", "max_length", "released", "flush"]
 
@@ -66,14 +70,11 @@ HOLD_MS = 60  # sound above the hold margin must last this long: single noise fr
 CLEAR_SNR_DB = 18.0
 MURKY_SNR_DB = 8.0
 SPEECH_LEVEL_S = 3.0  # the speech level follows the last few seconds of voiced frames
-
-# Bands (Hz) judged on their own, and how far a band must rise over its tracked floor to count as
-# sound: above the 99.9th percentile of (band level - its 2 s minimum) for stationary noise of any
-# colour, in a 30 ms Hann window. Narrow bands hold few FFT bins, so their level wobbles more.
-BAND_WINDOW = 480
-BANDS_HZ = ((100, 250), (250, 500), (500, 1000), (1000, 2000), (2000, 3000), (3000, 4000), (4000, 6000),
-            (6000, 8000))
-BAND_MARGINS_DB = (16.5, 13.5, 9.5, 7.0, 7.0, 7.0, 5.0, 5.0)
+TONAL_SHARE = 0.6  # a turn with more of its voiced frames holding still than this is not a voice
+# Syllables make a voice's level swing: between the 10th and 90th percentile of a turn's frames,
+# espeak-ng sentences span 8-10 dB at 5 dB SNR (noise fills the dips) and 16 dB or more at 20 dB;
+# a fan spinning up spans 3-5 dB.
+SYLLABIC_SPREAD_DB = 7.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,56 +107,6 @@ class Level:
 
 
 Event = SpeechStarted | SpeechEnded | SpeechDiscarded | Level
-
-
-def rms_db(samples: np.ndarray) -> float:
-    """RMS level in dBFS of int16 (or float, full scale 1.0 scaled to 32768) samples."""
-    mean_square = float(np.mean(np.square(samples, dtype=np.float64))) if len(samples) else 0.0
-    return 10 * np.log10(mean_square) - 90.309 if mean_square > 1e-3 else SILENT_DB  # 90.309 = 20 log10(32768)
-
-
-class NoiseTracker:
-    """Background level as the minimum frame level over the last few seconds (minimum statistics).
-
-    Speech has gaps between syllables and words that fall back to the background, so the
-    minimum follows a fan or traffic but not the voice; kept as per-block minima so each frame
-    costs O(1).
-    """
-
-    def __init__(self, window_s: float = 2.0, blocks: int = 8) -> None:
-        self.block_s = window_s / blocks
-        self.minima: deque[float] = deque(maxlen=blocks)
-        self.block_fill = self.block_s  # start a fresh block with the first frame
-
-    def update(self, db: float, seconds: float) -> float:
-        if self.block_fill >= self.block_s:
-            self.minima.append(db)
-            self.block_fill = 0.0
-        self.minima[-1] = min(self.minima[-1], db)
-        self.block_fill += seconds
-        return min(self.minima)
-
-
-class BandFloors:
-    """Level per frequency band over the last 30 ms, each against its own background floor."""
-
-    def __init__(self) -> None:
-        self.window = np.hanning(BAND_WINDOW)
-        freqs = np.fft.rfftfreq(BAND_WINDOW, 1 / SAMPLE_RATE)
-        self.edges = [int(np.searchsorted(freqs, lo)) for lo, _ in BANDS_HZ] + [
-            int(np.searchsorted(freqs, BANDS_HZ[-1][1]))]
-        self.margins = np.array(BAND_MARGINS_DB)
-        self.floors = [NoiseTracker() for _ in BANDS_HZ]
-        self.recent = np.zeros(BAND_WINDOW)
-
-    def above(self, samples: np.ndarray) -> bool:
-        """Whether any band of the newest 30 ms stands out of its background (and track the backgrounds)."""
-        self.recent = np.concatenate([self.recent[len(samples) :], samples])[-BAND_WINDOW:]
-        power = np.square(np.abs(np.fft.rfft(self.recent * self.window)))
-        bands = 10 * np.log10(np.add.reduceat(power, self.edges)[:-1] + 1.0)  # +1: digital silence stays finite
-        floors = np.array([floor.update(db, len(samples) / SAMPLE_RATE) for floor, db in zip(self.floors, bands,
-                                                                                             strict=True)])
-        return bool(np.any(bands >= floors + self.margins))
 
 
 class Endpointer:
@@ -196,14 +147,15 @@ class Endpointer:
         self.vad = webrtcvad.Vad(self.sensitivity.vad_mode)
         self.noise = NoiseTracker()
         self.noise_db = SILENT_DB
-        self.bands = BandFloors()
+        self.spectrum = Spectrum()
         self.speech_db: float | None = None  # level of the user's voiced frames lately, for the hangover
         self.playback_db = SILENT_DB
         self.echo_levels: deque[tuple[int, float]] = deque()
         self.now = 0  # samples pushed so far
         self.loud_run = 0  # samples in a row above the hold margin
-        # (start sample, pcm, voiced) of recent frames: pre-roll and the start decision.
-        self.recent: deque[tuple[int, bytes, bool]] = deque()
+        # (start sample, pcm, voiced, voiced and steady, speech-band dB) of recent frames: pre-roll and
+        # the start decision.
+        self.recent: deque[tuple[int, bytes, bool, bool, float]] = deque()
         self.delivered_until = 0  # a new turn's pre-roll never repeats audio already sent
         self.turn: Turn | None = None
         self.held = False
@@ -230,13 +182,14 @@ class Endpointer:
         if len(samples) * 1000 // SAMPLE_RATE not in FRAME_MS or len(samples) * 1000 % SAMPLE_RATE:
             raise ValueError(f"frames must be 10, 20 or 30 ms of 16 kHz int16, got {len(samples)} samples")
         start, self.now = self.now, self.now + len(samples)
-        db = rms_db(samples)
-        voiced, sounding = self.classify(frame, samples, db)
-        self.remember(start, frame, voiced)
-        events: list[Event] = [Level(self.now / SAMPLE_RATE, db, voiced)]
+        analysis = self.spectrum.analyse(samples)
+        voiced, sounding = self.classify(frame, samples, analysis)
+        steady = voiced and analysis.steady
+        self.remember(start, frame, voiced, steady, analysis.speech_db)
+        events: list[Event] = [Level(self.now / SAMPLE_RATE, rms_db(samples), voiced)]
         if self.turn is None:
             if self.hands_free and self.voiced_in_window() >= self.start_voiced:
-                onset = next(s for s, _, v in self.recent if v and s >= self.now - self.start_window)
+                onset = next(s for s, _, v, _, _ in self.recent if v and s >= self.now - self.start_window)
                 events.append(self.begin(onset))
             return events
         if self.now - self.turn.pcm_start > self.max_turn:
@@ -245,7 +198,7 @@ class Endpointer:
             events.append(self.finish(start, "max_length"))
             events.append(self.begin(start, continued=True))
             return events
-        self.turn.add(frame, voiced, sounding, self.now)
+        self.turn.add(frame, voiced, sounding, self.now, steady, analysis.speech_db)
         if not self.held and self.now - self.turn.last_sound >= ms_to_samples(self.hangover_ms()):
             events.append(self.finish(self.turn.last_sound, "silence"))
         return events
@@ -273,17 +226,17 @@ class Endpointer:
         murk = (CLEAR_SNR_DB - (self.speech_db - self.noise_db)) / (CLEAR_SNR_DB - MURKY_SNR_DB)
         return preset.hangover_ms + preset.noise_hangover_ms * min(max(murk, 0.0), 1.0)
 
-    def classify(self, frame: bytes, samples: np.ndarray, db: float) -> tuple[bool, bool]:
+    def classify(self, frame: bytes, samples: np.ndarray, analysis: Analysis) -> tuple[bool, bool]:
         """(voiced, sounding): speech that may start a turn, and sound that keeps one open."""
         preset = self.sensitivity
         seconds = len(samples) / SAMPLE_RATE
+        db = analysis.speech_db
         self.noise_db = noise_db = self.noise.update(db, seconds)
-        band_above = self.bands.above(samples)
         self.echo_levels.append((self.now, self.playback_db))
         while self.echo_levels[0][0] < self.now - self.echo_hold:
             self.echo_levels.popleft()
         audible = db >= preset.floor_db and (self.headphones or db >= self.echo_db + self.echo_margin_db)
-        loud = audible and (db >= noise_db + preset.hold_margin_db or band_above)
+        loud = audible and (db >= noise_db + preset.hold_margin_db or analysis.band_above)
         self.loud_run = self.loud_run + len(samples) if loud else 0
         voiced = (
             audible
@@ -296,34 +249,34 @@ class Endpointer:
                 1.0, seconds / SPEECH_LEVEL_S)
         return voiced, voiced or self.loud_run >= ms_to_samples(HOLD_MS)
 
-    def remember(self, start: int, frame: bytes, voiced: bool) -> None:
-        self.recent.append((start, frame, voiced))
+    def remember(self, start: int, frame: bytes, voiced: bool, steady: bool, db: float) -> None:
+        self.recent.append((start, frame, voiced, steady, db))
         keep = max(self.pre_roll, self.start_window) + self.start_window
         while self.recent[0][0] < self.now - keep:
             self.recent.popleft()
 
     def voiced_in_window(self) -> int:
         window_start = self.now - self.start_window
-        return sum(len(pcm) // 2 for s, pcm, v in self.recent if v and s >= window_start)
+        return sum(len(pcm) // 2 for s, pcm, v, _, _ in self.recent if v and s >= window_start)
 
     def begin(self, onset: int, continued: bool = False) -> SpeechStarted:
         pcm_start = max(onset - self.pre_roll, self.delivered_until, 0)
         self.turn = Turn(onset, pcm_start, continued)
-        for start, pcm, voiced in self.recent:
+        for start, pcm, voiced, steady, db in self.recent:
             end = start + len(pcm) // 2
             if end > pcm_start:
                 counted = voiced and start >= onset
-                self.turn.add(pcm[max(0, pcm_start - start) * 2 :], counted, counted, end)
+                self.turn.add(pcm[max(0, pcm_start - start) * 2 :], counted, counted, end, counted and steady, db)
         return SpeechStarted(onset / SAMPLE_RATE)
 
     def finish(self, end: int, reason: EndReason) -> SpeechEnded | SpeechDiscarded:
         turn, self.turn = self.turn, None
         assert turn is not None
-        if reason == "released":
-            long_enough = end - turn.onset >= self.min_speech
+        if reason == "released":  # the user held the key: whatever it holds is theirs
+            wanted = end - turn.onset >= self.min_speech
         else:  # a continued turn always goes out: it carries on real speech, and nothing is lost
-            long_enough = turn.voiced >= self.min_speech or (turn.continued and turn.voiced > 0)
-        if not long_enough:
+            wanted = (turn.voiced >= self.min_speech or (turn.continued and turn.voiced > 0)) and turn.voice_like
+        if not wanted:
             return SpeechDiscarded(turn.onset / SAMPLE_RATE, end / SAMPLE_RATE)
         pcm_end = min(self.now, end + self.tail) if reason == "silence" else end
         self.delivered_until = pcm_end
@@ -340,12 +293,23 @@ class Turn:
         self.continued = continued
         self.pcm = bytearray()
         self.voiced = 0  # voiced samples, for the minimum speech length
+        self.steady = 0  # voiced samples whose spectrum held still: notes, not a voice
+        self.levels: list[float] = []  # speech-band dB of each frame, for the rise and fall of syllables
         self.last_sound = onset  # end of the last frame that held the turn open: the hangover counts from here
 
-    def add(self, pcm: bytes, voiced: bool, sounding: bool, end: int) -> None:
+    @property
+    def voice_like(self) -> bool:
+        """Not notes (a held spectrum) and not a flat new noise (no syllables)."""
+        spread = float(np.subtract(*np.percentile(self.levels, [90, 10]))) if self.levels else 0.0
+        return self.steady <= TONAL_SHARE * self.voiced and spread >= SYLLABIC_SPREAD_DB
+
+    def add(self, pcm: bytes, voiced: bool, sounding: bool, end: int, steady: bool, db: float) -> None:
         self.pcm += pcm
+        self.levels.append(db)
         if voiced:
             self.voiced += len(pcm) // 2
+        if steady:
+            self.steady += len(pcm) // 2
         if sounding:
             self.last_sound = end
 
