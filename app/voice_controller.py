@@ -26,7 +26,9 @@ import soxr
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
 from app.audio.capture import Capture
+from app.audio.echo import CANCELLED_DB, EchoCanceller, make_echo_canceller
 from app.audio.endpointer import (
+    ECHO_GAIN_DB,
     PRESETS,
     SAMPLE_RATE,
     SILENT_DB,
@@ -162,7 +164,9 @@ class VoiceController(QObject):
 
     def __init__(self, engine: EngineClient, playback: Playback, open_capture: Callable[[], Capture] = Capture,
                  visual_context: Callable[[], bytes | None] = lambda: None, *, settings: VoiceSettings | None = None,
-                 clock: Callable[[], float] = time.monotonic, parent: QObject | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 echo_canceller: Callable[[], EchoCanceller | None] = make_echo_canceller,
+                 parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.engine = engine
         self.playback = playback
@@ -170,6 +174,7 @@ class VoiceController(QObject):
         self.visual_context = visual_context
         self.settings = replace(settings) if settings else VoiceSettings()  # a copy: the setters change it
         self.clock = clock
+        self.make_echo_canceller = echo_canceller
         self.state = IDLE
         self.listener: Listener | None = None
         self.turn: Turn | None = None  # the reply in flight, until it has finished playing
@@ -196,11 +201,15 @@ class VoiceController(QObject):
         if not self.playback.available and (notice := self.playback.open()):
             self.notice.emit(notice)
         settings = self.settings
+        # With the reply taken out of the mic signal, only its leftover needs the gate.
+        echo = self.make_echo_canceller()
+        self.playback.reference = echo.played if echo else None
         endpointer = Endpointer(settings.sensitivity, hands_free=settings.mode == "hands_free",
-                                headphones=settings.headphones)
+                                headphones=settings.headphones,
+                                echo_gain_db=ECHO_GAIN_DB - (CANCELLED_DB if echo else 0.0))
         throttle = LevelThrottle()
         self.listener = Listener(self.open_capture(), endpointer, lambda e: self.from_reader(e, endpointer, throttle),
-                                 playback_level=lambda: self.playback.level_db)
+                                 playback_level=lambda: self.playback.level_db, echo=echo)
         if not self.listener.start():
             self.listener = None
             return False
@@ -212,6 +221,7 @@ class VoiceController(QObject):
         if self.listener is not None:
             listener, self.listener = self.listener, None
             listener.stop()
+        self.playback.reference = None
         if self.turn is not None:
             self.interrupt()
         self.speech_image, self.ignoring, self.continuing = None, False, False

@@ -63,6 +63,7 @@ PRESETS: dict[str, Sensitivity] = {
     "high": Sensitivity(vad_mode=2, floor_db=-55.0, start_margin_db=5.0, hold_margin_db=3.5, hangover_ms=750,
                         noise_hangover_ms=60),
 }
+ECHO_GAIN_DB = -10.0  # our own voice reaches the mic about this far below what we play (speakers)
 HOLD_MS = 60  # sound above the hold margin must last this long: single noise frames poke above it
 # The turn's speech level over the background at which the hangover starts to grow (CLEAR) and
 # where it has grown by the whole noise_hangover_ms (MURKY): at 20 dB little of a word sinks
@@ -123,7 +124,7 @@ class Endpointer:
         min_speech_ms: int = 250,
         tail_ms: int = 200,
         max_turn_s: float = 60.0,
-        echo_gain_db: float = -10.0,
+        echo_gain_db: float = ECHO_GAIN_DB,
         echo_margin_db: float = 6.0,
         echo_hold_ms: int = 300,
         headphones: bool = False,

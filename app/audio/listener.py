@@ -1,7 +1,8 @@
 """The reader thread: microphone frames through the endpointer, events out to the app.
 
 Everything that touches the endpointer runs on this one thread: frames, push-to-talk presses
-(queued by `press` / `release` from the GUI thread) and the playback level for the echo gate.
+(queued by `press` / `release` from the GUI thread), the playback level for the echo gate and
+the echo canceller.
 `on_event` is called on this thread too; a Qt adapter re-emits it as a signal.
 """
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from app.audio.capture import Capture
 from app.audio.devices import SilenceWatch
+from app.audio.echo import EchoCanceller
 from app.audio.endpointer import Endpointer, Event
 
 STALL_S = 2.0  # no audio at all for this long from a running stream: the device hung
@@ -31,12 +33,14 @@ class Notice:
 
 class Listener:
     def __init__(self, capture: Capture, endpointer: Endpointer, on_event: Callable[[Event | Notice], None],
-                 playback_level: Callable[[], float] | None = None, silence: SilenceWatch | None = None) -> None:
+                 playback_level: Callable[[], float] | None = None, silence: SilenceWatch | None = None,
+                 echo: EchoCanceller | None = None) -> None:
         self.capture = capture
         self.endpointer = endpointer
         self.on_event = on_event
         self.playback_level = playback_level  # the speaker's level now, for the echo gate
         self.silence = silence or SilenceWatch()
+        self.echo = echo  # takes the reply out of each frame before the endpointer hears it
         self.commands: queue.SimpleQueue[Callable[[], list[Event]]] = queue.SimpleQueue()
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
@@ -82,6 +86,8 @@ class Listener:
             last_audio, stalled = time.monotonic(), False
             if self.playback_level is not None:
                 self.endpointer.set_playback_level(self.playback_level())
+            if self.echo is not None:
+                frame = self.echo.clean(frame)
             self.emit(self.endpointer.push(frame))
             if self.silence.push(np.frombuffer(frame, dtype=np.int16)):
                 name = self.capture.device.stable_name if self.capture.device else "microphone"

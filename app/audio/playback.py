@@ -34,6 +34,9 @@ class Playback:
         self.remembered = remembered
         self.block_ms, self.prebuffer_ms, self.fade_ms = block_ms, prebuffer_ms, fade_ms
         self.on_notice = on_notice  # called from PortAudio's thread when the device goes away
+        # Called from PortAudio's thread with each block as played (float32 mono) and the device
+        # rate: the echo canceller's reference. It must only queue.
+        self.reference: Callable[[np.ndarray, int], None] | None = None
         self.clock = clock
         self.device: Device | None = None
         self.rate, self.channels = RATE, 1
@@ -167,6 +170,8 @@ class Playback:
             latency = getattr(time, "outputBufferDacTime", 0.0) - getattr(time, "currentTime", 0.0)
             self.first_sample_time = self.clock() + (latency if 0 < latency < 1 else 0.0)
         outdata[:] = out[:, None]
+        if self.reference is not None:
+            self.reference(out, self.rate)
         self.last_sample = float(out[-1])
         self.level = rms_db(out * 32768) if n else SILENT_DB
         if (reply_over or stopped) and not self.in_reply and not self.buffered:

@@ -18,7 +18,8 @@ import pytest  # noqa: E402
 from PySide6.QtCore import QObject, Signal  # noqa: E402
 
 from app.audio.capture import Capture  # noqa: E402
-from app.audio.endpointer import PRESETS, Level, SpeechEnded, SpeechStarted  # noqa: E402
+from app.audio.echo import CANCELLED_DB, EchoCanceller  # noqa: E402
+from app.audio.endpointer import ECHO_GAIN_DB, PRESETS, Level, SpeechEnded, SpeechStarted  # noqa: E402
 from app.audio.playback import Playback  # noqa: E402
 from app.voice_controller import Heard, LevelThrottle, VoiceController, VoiceSettings, WindowVoice  # noqa: E402
 from tests.app.audio.fake_sounddevice import FakeSoundDevice, device  # noqa: E402
@@ -70,6 +71,11 @@ class Clock:
         return self.now
 
 
+def voice_reply(seconds: float) -> bytes:
+    """A spoken-like reply at -26 dBFS (its echo must look like speech to the endpointer)."""
+    return (speech(seconds, dbfs=-26.0).astype(np.float32) / 32768).astype("<f4").tobytes()
+
+
 def reply(seconds: float, rate: int = 16000, amplitude: float = 0.05) -> bytes:
     """Reply audio quiet enough that the echo gate lets the user's -20 dBFS voice through."""
     t = np.arange(int(seconds * rate)) / rate
@@ -77,7 +83,7 @@ def reply(seconds: float, rate: int = 16000, amplitude: float = 0.05) -> bytes:
 
 
 class Rig:
-    def __init__(self, qtbot, *, microphone: bool = True, **settings) -> None:
+    def __init__(self, qtbot, *, microphone: bool = True, echo: EchoCanceller | None = None, **settings) -> None:
         self.qtbot = qtbot
         devices = [device("speaker", outputs=1, rate=16000)] + ([device("mic", inputs=1, rate=16000)] * microphone)
         self.sd = FakeSoundDevice(devices, default=(1 if microphone else -1, 0))
@@ -86,7 +92,8 @@ class Rig:
         self.frame: bytes | None = b"frame 1"
         self.playback = Playback(self.sd, clock=self.clock)
         self.controller = VoiceController(self.engine, self.playback, lambda: Capture(self.sd), lambda: self.frame,
-                                          settings=VoiceSettings(**settings), clock=self.clock)
+                                          settings=VoiceSettings(**settings), clock=self.clock,
+                                          echo_canceller=lambda: echo)
         self.states: list[str] = []
         self.finished: list[dict] = []
         self.notices: list[str] = []
@@ -482,3 +489,50 @@ def test_window_voice_reports_sent_turns_and_plays_only_typed_replies(make_rig) 
     assert rig.playback.buffered / 16000 == pytest.approx(0.5, abs=0.02)  # the fake speaker runs at 16 kHz
     voice.set_hands_free(False)
     assert rig.controller.settings.mode == "push_to_talk"
+
+
+class SubtractingApm:
+    """A stand-in canceller that knows the echo path exactly: the mic hears each played chunk times gain."""
+
+    def __init__(self, gain: float) -> None:
+        self.gain = gain
+        self.rendered: list[np.ndarray] = []
+        self.unheard: list[np.ndarray] = []
+
+    def render(self, chunk: np.ndarray) -> None:
+        self.rendered.append(chunk.copy())
+        self.unheard.append(chunk.astype(np.float64) * self.gain)
+
+    def capture(self, chunk: np.ndarray) -> None:
+        if self.unheard:
+            chunk[:] = np.clip(np.round(chunk - self.unheard.pop(0)), -32768, 32767)
+
+
+def echo_into_the_mic(rig: Rig, seconds: float, gain: float = 3.0) -> None:
+    """The room: what the speaker plays comes back into the mic, 10 dB louder than played (a speaker
+    next to the mic), block by block."""
+    for _ in range(int(seconds / 0.06)):
+        played = rig.pull(3)
+        rig.say(np.clip(played * gain * 32768, -32768, 32767).astype(np.int16))
+    rig.heard_all()
+
+
+@pytest.mark.parametrize("cancel", [True, False])
+def test_an_echo_canceller_takes_the_reply_out_of_the_mic_where_the_gate_alone_would_not(make_rig, cancel) -> None:
+    apm = SubtractingApm(gain=3.0)
+    rig = make_rig(echo=EchoCanceller(apm) if cancel else None)
+    assert rig.controller.start()
+    rig.say(np.concatenate([quiet(0.5), speech(1.0), quiet(1.2)]))
+    rig.wait_requests(1)
+    rig.engine.textDelta.emit("t1", "It is ")
+    rig.engine.audioChunk.emit("t1", voice_reply(2.0), 16000)
+    rig.wait_state("speaking")
+    echo_into_the_mic(rig, 1.5)
+    if cancel:
+        assert rig.controller.state == "speaking"  # the echo was taken out: no barge-in
+        assert rig.controller.listener.endpointer.echo_gain_db == ECHO_GAIN_DB - CANCELLED_DB
+        assert sum(len(chunk) for chunk in apm.rendered) >= 16000  # the reply reached the canceller
+    else:
+        assert rig.controller.state == "user speaking"  # the reply, 10 dB louder than played, barged in
+        assert rig.controller.listener.endpointer.echo_gain_db == ECHO_GAIN_DB
+        assert rig.playback.reference is None
