@@ -32,7 +32,9 @@ def megabytes(count: int) -> str:
     return f"{count / 1e6:,.0f} MB" if count < 1e9 else f"{count / 1e9:.2f} GB"
 
 
-def state_of(row: ModelRow) -> str:
+def state_of(row: ModelRow, downloading: str | None) -> str:
+    if row.name == downloading:
+        return "downloading"
     if row.folder is not None:
         return "installed"
     if row.partial_bytes:
@@ -112,7 +114,7 @@ class ModelDialog(QDialog):
         self.table.setRowCount(len(rows))
         for index, row in enumerate(rows):
             cells = (row.name, row.parameters, f"{row.download_gb:.1f} GB", f"{row.nf4_gb:.1f} GB", FIT[row.fits_gpu],
-                     state_of(row))
+                     "")
             for column, text in enumerate(cells):
                 self.table.setItem(index, column, QTableWidgetItem(text))
         names = [row.name for row in rows]
@@ -123,6 +125,9 @@ class ModelDialog(QDialog):
         self.update_buttons()
 
     def update_buttons(self) -> None:
+        """The buttons and the state column, after anything changed."""
+        for index, listed in enumerate(self.rows):
+            self.table.item(index, len(COLUMNS) - 1).setText(state_of(listed, self.manager.downloading))
         row, busy = self.selected(), self.manager.downloading
         self.download_button.setText("Resume download" if row is not None and row.partial_bytes else "Download")
         self.download_button.setEnabled(row is not None and row.folder is None and busy is None)

@@ -137,6 +137,7 @@ def test_the_models_button_opens_the_manager_on_a_running_download(qtbot, make_w
     qtbot.mouseClick(dialog.download_button, Qt.MouseButton.LeftButton)
     models.progress.emit("Lyra-Base-9B", 9_350_000_000, 18_700_000_000)  # past 2 GB: no int overflow
     assert dialog.progress.isVisible() and dialog.progress.value() == 500 and dialog.cancel_button.isEnabled()
+    assert dialog.table.item(1, 5).text() == "downloading" and not dialog.download_button.isEnabled()
     dialog.close()
     window.open_models()  # reopened: the same dialog, still showing the download
     assert window.model_dialog is dialog and dialog.progress.value() == 500
