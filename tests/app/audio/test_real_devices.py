@@ -1,8 +1,9 @@
 """The real sounddevice against PulseAudio's virtual microphone and speaker (started here, killed after).
 
 paplay into "micsrc" is heard on the virtual microphone "mic"; what the app plays to "spk" is
-recorded back from "spk.monitor". Skipped without pulseaudio/espeak-ng, failed instead under
-OMNIVOX_E2E=require.
+recorded back from "spk.monitor". For the echo tests a loopback plays "spk.monitor" into
+"micsrc" too: the room, with the speaker as loud at the mic as it plays. Skipped without
+pulseaudio/espeak-ng, failed instead under OMNIVOX_E2E=require.
 """
 
 from __future__ import annotations
@@ -10,14 +11,17 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soxr
 
 from app.audio.capture import Capture
-from app.audio.endpointer import Endpointer, SpeechEnded
+from app.audio.echo import CANCELLED_DB, make_echo_canceller
+from app.audio.endpointer import ECHO_GAIN_DB, Endpointer, SpeechEnded, SpeechStarted
 from app.audio.listener import Listener
 from app.audio.playback import Playback
 from tests.e2e_env import pulseaudio, spoken_question
@@ -135,3 +139,62 @@ def test_barge_in_stop_silences_the_output_within_one_block(pulse) -> None:
     # On the speaker: about 0.6 s of sound, not the 3 s that were queued.
     loud = np.abs(recorded) > 0.1 * 32768 * 0.3
     assert 0.3 < loud.sum() / 16000 < 1.0
+
+
+@pytest.fixture
+def speakers(pulse) -> Iterator[None]:
+    """The reply comes back into the microphone, through PulseAudio's buffers and a 30 ms loopback."""
+    module = subprocess.run(["pactl", "load-module", "module-loopback", "source=spk.monitor", "sink=micsrc",
+                             "latency_msec=30"], env=pulse, check=True, capture_output=True, text=True).stdout.strip()
+    try:
+        yield
+    finally:
+        subprocess.run(["pactl", "unload-module", module], env=pulse, check=True)
+
+
+def spoken_reply(folder: Path) -> np.ndarray:
+    """A spoken reply, 16 kHz float32, 6 dB under the user's voice at the mic (their mouth is nearer)."""
+    path, _ = spoken_question(folder, "Here is what I can see. A chart of sales by month, falling since May, "
+                                      "and a note that says call the bank", "reply.wav")
+    with wave.open(str(path)) as f:
+        audio = np.frombuffer(f.readframes(f.getnframes()), np.int16).astype(np.float32) / 32768
+        return soxr.resample(audio / 2, f.getframerate(), 16000).astype(np.float32)
+
+
+@pytest.mark.parametrize("cancel", [True, False])
+def test_with_speakers_the_reply_echo_is_no_turn_but_the_user_over_it_is(pulse, speakers, spoken, tmp_path,
+                                                                         cancel) -> None:
+    echo = make_echo_canceller() if cancel else None
+    assert echo is not None or not cancel, "livekit (WebRTC audio processing) is a dependency"
+    playback = Playback()
+    assert playback.open() is None
+    playback.reference = echo.played if echo else None
+    events: list = []
+    endpointer = Endpointer(echo_gain_db=ECHO_GAIN_DB - (CANCELLED_DB if echo else 0.0))  # as the controller does
+    listener = Listener(Capture(), endpointer, lambda e: events.append(e) if isinstance(e, SpeechStarted | SpeechEnded)
+                        else None, playback_level=lambda: playback.level_db, echo=echo)
+    assert listener.start()
+    reply = spoken_reply(tmp_path)
+    try:
+        time.sleep(1.0)  # the ALSA pulse plugin settles
+        playback.write(reply.tobytes())
+        playback.finish()
+        assert playback.wait_done(len(reply) / 16000 + 5)
+        time.sleep(1.0)
+        during_reply = list(events)
+        playback.write(reply.tobytes())
+        playback.finish()
+        time.sleep(1.5)
+        subprocess.run(["paplay", "--device=micsrc", str(spoken[0])], env=pulse, check=True, timeout=30)
+        assert playback.wait_done(len(reply) / 16000 + 5)
+        time.sleep(1.5)
+    finally:
+        listener.stop()
+        playback.close()
+    user_turns = [e for e in events[len(during_reply) :] if isinstance(e, SpeechEnded)]
+    if cancel:
+        assert during_reply == []  # the reply's echo never started a turn
+        assert len(user_turns) == 1  # the user talking over it did
+        assert user_turns[0].end_t - user_turns[0].start_t == pytest.approx(spoken[1], abs=0.5)
+    else:
+        assert during_reply != []  # the gate alone lets an echo this loud through: that is what cancelling is for
