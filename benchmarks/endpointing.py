@@ -12,7 +12,7 @@ pause it ended in), missed sentences, false turns (turns on non-speech, and turn
 speech in the sentence streams; a turn still open when a clip ends counts, for both detectors),
 endpoint delay after the true end of speech (median, p90) and CPU time per second of audio. A
 pause and the end of speech are where the voice is, within 20 dB of its active level (see
-`espeak`).
+`espeak`). Also reported: the CPU the echo canceller adds while a reply plays (speakers).
 
 The "low" and "high" sensitivity presets are reported too, to show the trade between cutting
 people off and making them wait.
@@ -42,6 +42,7 @@ import webrtcvad
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app.audio.echo import make_echo_canceller  # noqa: E402
 from app.audio.endpointer import Endpointer, SpeechEnded  # noqa: E402
 
 RATE = 16000
@@ -293,6 +294,30 @@ def evaluate(detect: Callable[[np.ndarray], list[Turn]], data: list[Stream]) -> 
     return result
 
 
+def echo_canceller_cpu(data: list[Stream], seconds: float = 60.0) -> float | None:
+    """CPU % of one core that the echo canceller adds with speakers: a reply playing while the mic listens.
+
+    Each stream is played (48 kHz, 20 ms blocks, as a speaker asks for them) and heard back as it
+    is; None without the binding.
+    """
+    canceller = make_echo_canceller()
+    if canceller is None:
+        return None
+    cpu = audio_s = 0.0
+    for stream in data:
+        played = soxr.resample(stream.pcm.astype(np.float32) / 32768, RATE, 48000).astype(np.float32)
+        started = time.process_time()
+        for i, frame in enumerate(frames(stream.pcm)):
+            canceller.played(played[i * 1440 : i * 1440 + 960], 48000)
+            canceller.played(played[i * 1440 + 960 : (i + 1) * 1440], 48000)
+            canceller.clean(frame)
+        cpu += time.process_time() - started
+        audio_s += len(stream.pcm) / RATE
+        if audio_s >= seconds:
+            break
+    return round(100 * cpu / audio_s, 3)
+
+
 def goals_met(result: dict) -> dict:
     delays = [result[f"{snr}dB"]["median_delay_ms"] for snr in SNRS_DB]
     return {
@@ -322,9 +347,11 @@ def main() -> None:
     for name, detect in detectors.items():
         report[name] = evaluate(detect, data)
         report[name]["goals_met"] = goals_met(report[name])
+    report["echo_canceller_cpu_percent"] = echo_canceller_cpu(data)
     if args.json:
         print(json.dumps(report, indent=2))
         return
+    print(f"echo canceller (speakers, while a reply plays): cpu {report['echo_canceller_cpu_percent']} % of one core")
     for name in detectors:
         r = report[name]
         print(f"{name}: cpu {r['cpu_percent']} % of one core, goals met: {r['goals_met']}")
