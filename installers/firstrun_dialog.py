@@ -18,6 +18,7 @@ from installers.download import DownloadCancelled, DownloadError
 from installers.gpu_runtime import Manifest
 
 MB = 1_000_000
+SHOWN: list[QMessageBox] = []
 
 
 class Relay(QObject):
@@ -31,8 +32,12 @@ def application() -> QApplication:
 
 
 def show_notice(text: str) -> None:
+    """A non-modal note beside the main window: it informs, and must not hold up the window."""
     application()
-    QMessageBox.information(None, "Omnivox", text)
+    box = QMessageBox(QMessageBox.Icon.Information, "Omnivox", text)
+    box.setModal(False)
+    box.show()
+    SHOWN.append(box)  # the box lives until the user closes it, not until this function returns
 
 
 def run_install_dialog(manifest: Manifest, root: Path, notice: str) -> bool:

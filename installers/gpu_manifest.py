@@ -24,12 +24,13 @@ from installers.gpu_runtime import Manifest, Wheel
 RUNTIME_PACKAGES = re.compile(r"^(torch|bitsandbytes|triton|nvidia-.*|cuda-.*)$")
 
 
-def resolve(requirements: list[str], index_url: str, python: str, platform: str) -> list[dict]:
+def resolve(requirements: list[str], indexes: list[str], python: str, platform: str) -> list[dict]:
     """pip's installation report for the target platform (`pip install --dry-run --report`)."""
     with tempfile.TemporaryDirectory() as target:
         command = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
                    "--report", "-", "--only-binary=:all:", "--implementation", "cp", "--python-version", python,
-                   "--platform", platform, "--target", target, "--index-url", index_url, *requirements]
+                   "--platform", platform, "--target", target, "--index-url", indexes[0],
+                   *(f"--extra-index-url={url}" for url in indexes[1:]), *requirements]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"pip could not resolve {' '.join(requirements)}: {result.stderr.strip().splitlines()[-1]}")
@@ -44,14 +45,17 @@ def content_length(url: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m installers.gpu_manifest", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
+    # Linux: PyPI's torch is the CUDA build (CUDA libraries in nvidia-* wheels). Windows: pass
+    # --index-url https://download.pytorch.org/whl/cu128 --extra-index-url https://pypi.org/simple
     parser.add_argument("--index-url", default="https://pypi.org/simple")
+    parser.add_argument("--extra-index-url", action="append", default=[])
     parser.add_argument("--python-version", default=f"{sys.version_info.major}.{sys.version_info.minor}")
-    parser.add_argument("--platform", default="manylinux_2_28_x86_64")
+    parser.add_argument("--platform", default="manylinux_2_28_x86_64", help="e.g. win_amd64 for Windows")
     args = parser.parse_args(argv)
     torch_version = version("torch").split("+")[0]  # "2.13.0+cpu" → the same release's CUDA build
     requirements = [f"torch=={torch_version}", f"bitsandbytes=={version('bitsandbytes')}"]
     wheels = []
-    for item in resolve(requirements, args.index_url, args.python_version, args.platform):
+    for item in resolve(requirements, [args.index_url, *args.extra_index_url], args.python_version, args.platform):
         if not RUNTIME_PACKAGES.match(item["metadata"]["name"].lower()):
             continue
         info = item["download_info"]

@@ -7,7 +7,7 @@ from PyInstaller.utils.hooks import collect_dynamic_libs
 
 binaries = collect_dynamic_libs("bitsandbytes")
 if os.environ.get("OMNIVOX_FLAVOUR", "cpu") == "cpu":
-    binaries = [(path, dest) for path, dest in binaries if os.path.basename(path) == "libbitsandbytes_cpu.so"]
+    binaries = [(path, dest) for path, dest in binaries if os.path.basename(path).startswith("libbitsandbytes_cpu.")]
 
 # bitsandbytes' optional triton kernels are JIT-compiled from their source files
 module_collection_mode = "pyz+py"

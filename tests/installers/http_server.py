@@ -1,0 +1,69 @@
+"""A loopback HTTP server for download tests: serves files with Range support and can misbehave on
+purpose (drop the connection part-way, ignore Range), recording every request it gets."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Behaviour:
+    files: dict[str, bytes] = field(default_factory=dict)
+    drop_after: int | None = None  # close the connection after this many body bytes, once
+    ignore_range: bool = False
+    requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
+
+
+class Handler(BaseHTTPRequestHandler):
+    behaviour: Behaviour
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        behaviour = self.server.behaviour  # type: ignore[attr-defined]
+        behaviour.requests.append((self.path, self.headers.get("Range")))
+        body = behaviour.files.get(self.path.lstrip("/"))
+        if body is None:
+            self.send_error(404)
+            return
+        start = 0
+        ranged = self.headers.get("Range")
+        if ranged and not behaviour.ignore_range:
+            start = int(ranged.removeprefix("bytes=").split("-")[0])
+            if start >= len(body):
+                self.send_error(416)
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        payload = body[start:]
+        if behaviour.drop_after is not None:
+            payload, behaviour.drop_after = payload[:behaviour.drop_after], None
+            self.wfile.write(payload)
+            self.close_connection = True
+            return
+        self.wfile.write(payload)
+
+    def log_message(self, *_args: object) -> None:  # keep test output clean
+        pass
+
+
+class LoopbackServer:
+    def __init__(self, behaviour: Behaviour) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.behaviour = behaviour  # type: ignore[attr-defined]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
+
+    def __enter__(self) -> LoopbackServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

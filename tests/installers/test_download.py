@@ -1,0 +1,102 @@
+"""installers.download against a real HTTP server on the loopback interface."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from installers.download import CHUNK, DownloadCancelled, DownloadError, download
+from tests.installers.http_server import Behaviour, LoopbackServer
+
+BODY = os.urandom(3 * CHUNK + 12345)
+SHA = hashlib.sha256(BODY).hexdigest()
+
+
+@pytest.fixture
+def behaviour() -> Behaviour:
+    return Behaviour(files={"runtime.whl": BODY})
+
+
+def test_downloads_checks_and_reports_progress(behaviour: Behaviour, tmp_path: Path) -> None:
+    seen: list[tuple[int, int]] = []
+    with LoopbackServer(behaviour) as server:
+        path = download(server.url("runtime.whl"), tmp_path / "runtime.whl", SHA, len(BODY),
+                        lambda done, total: seen.append((done, total)))
+    assert path.read_bytes() == BODY
+    assert seen[-1] == (len(BODY), len(BODY))
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+    assert not (tmp_path / "runtime.whl.part").exists()
+
+
+def test_an_interrupted_download_resumes_where_it_stopped(behaviour: Behaviour, tmp_path: Path) -> None:
+    behaviour.drop_after = CHUNK + 100
+    dest = tmp_path / "runtime.whl"
+    with LoopbackServer(behaviour) as server:
+        with pytest.raises(DownloadError, match="run again to resume"):
+            download(server.url("runtime.whl"), dest, SHA, len(BODY), attempts=1)
+        assert (tmp_path / "runtime.whl.part").stat().st_size == CHUNK + 100
+        download(server.url("runtime.whl"), dest, SHA, len(BODY))  # the next start of the app
+    assert dest.read_bytes() == BODY
+    assert behaviour.requests[-1] == ("/runtime.whl", f"bytes={CHUNK + 100}-")
+
+
+def test_a_dropped_connection_is_retried_within_one_run(behaviour: Behaviour, tmp_path: Path) -> None:
+    behaviour.drop_after = 5000
+    with LoopbackServer(behaviour) as server:
+        download(server.url("runtime.whl"), tmp_path / "runtime.whl", SHA, len(BODY))
+    assert (tmp_path / "runtime.whl").read_bytes() == BODY
+    assert [ranged for _, ranged in behaviour.requests] == [None, "bytes=5000-"]
+
+
+def test_a_server_without_range_support_sends_it_all_again(behaviour: Behaviour, tmp_path: Path) -> None:
+    behaviour.ignore_range = True
+    (tmp_path / "runtime.whl.part").write_bytes(BODY[:777])
+    with LoopbackServer(behaviour) as server:
+        download(server.url("runtime.whl"), tmp_path / "runtime.whl", SHA, len(BODY))
+    assert (tmp_path / "runtime.whl").read_bytes() == BODY
+
+
+def test_a_wrong_checksum_discards_the_file(behaviour: Behaviour, tmp_path: Path) -> None:
+    with LoopbackServer(behaviour) as server, pytest.raises(DownloadError, match="checksum mismatch"):
+        download(server.url("runtime.whl"), tmp_path / "runtime.whl", "0" * 64, len(BODY))
+    assert list(tmp_path.iterdir()) == []  # nothing left that a later run could trust
+
+
+def test_a_partial_file_that_does_not_fit_starts_over(behaviour: Behaviour, tmp_path: Path) -> None:
+    (tmp_path / "runtime.whl.part").write_bytes(b"x" * 100)  # e.g. left by an older manifest
+    with LoopbackServer(behaviour) as server, pytest.raises(DownloadError, match="checksum mismatch"):
+        download(server.url("runtime.whl"), tmp_path / "runtime.whl", SHA, len(BODY))
+    with LoopbackServer(behaviour) as server:  # the bad part was removed: the next try is clean
+        download(server.url("runtime.whl"), tmp_path / "runtime.whl", SHA, len(BODY))
+    assert (tmp_path / "runtime.whl").read_bytes() == BODY
+
+
+def test_cancel_stops_and_keeps_the_partial_file(behaviour: Behaviour, tmp_path: Path) -> None:
+    cancel = threading.Event()
+
+    def progress(done: int, _total: int) -> None:
+        if done >= CHUNK:
+            cancel.set()
+
+    with LoopbackServer(behaviour) as server:
+        with pytest.raises(DownloadCancelled):
+            download(server.url("runtime.whl"), tmp_path / "runtime.whl", SHA, len(BODY), progress, cancel)
+        kept = (tmp_path / "runtime.whl.part").stat().st_size
+        assert 0 < kept < len(BODY)
+        download(server.url("runtime.whl"), tmp_path / "runtime.whl", SHA, len(BODY))
+    assert behaviour.requests[-1][1] == f"bytes={kept}-"
+
+
+def test_a_missing_file_fails_at_once(behaviour: Behaviour, tmp_path: Path) -> None:
+    with LoopbackServer(behaviour) as server, pytest.raises(DownloadError, match="404"):
+        download(server.url("gone.whl"), tmp_path / "gone.whl", SHA, len(BODY))
+    assert len(behaviour.requests) == 1  # not retried: it will not appear by asking again
+
+
+def test_nothing_listening_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match="run again to resume"):
+        download("http://127.0.0.1:9/runtime.whl", tmp_path / "runtime.whl", SHA, len(BODY), attempts=2)

@@ -1,0 +1,141 @@
+"""The built Linux packages, installed the way a user gets them, run the self-test and open the window.
+
+The .deb is unpacked with dpkg-deb into a fresh folder whose path has spaces and non-ASCII
+characters, and run as an unprivileged user for whom the install folder is read-only (as /opt is),
+so settings, history and any GPU runtime must go to the user data folder. The .tar.gz is unpacked
+into another such folder and runs as its owner. Set OMNIVOX_DEB and OMNIVOX_TARBALL to test built
+artifacts instead of building (the build takes about five minutes on two cores).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.gui import SHOWN_MARKER
+
+pytestmark = [pytest.mark.slow, pytest.mark.installer]
+
+ROOT = Path(__file__).resolve().parents[2]
+ODD_NAME = "Omnivox tëst ü 日本"
+NOBODY = 65534
+DEB_SIZE_GOAL = 700_000_000
+WINDOW_GOAL_SECONDS = 3.0
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    if os.environ.get("OMNIVOX_DEB") and os.environ.get("OMNIVOX_TARBALL"):
+        return {"deb": os.environ["OMNIVOX_DEB"], "tar": os.environ["OMNIVOX_TARBALL"]}
+    out = tmp_path_factory.mktemp("dist")
+    result = subprocess.run(["bash", "installers/build_linux.sh"], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "OMNIVOX_DIST": str(out)}, timeout=3600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"installer build: {summary}")
+    return summary
+
+
+@pytest.fixture(scope="module")
+def shared_folder() -> Iterator[Path]:
+    """A folder every user may enter (pytest's own temporary folders are private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="omnivox-installer-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def deb_install(artifacts: dict, shared_folder: Path) -> Path:
+    root = shared_folder / ODD_NAME / "root"
+    root.mkdir(parents=True)
+    (shared_folder / ODD_NAME).chmod(0o755)
+    subprocess.run(["dpkg-deb", "-x", artifacts["deb"], str(root)], check=True)
+    return root
+
+
+def as_nobody(home: Path) -> tuple[list[str], dict[str, str]]:
+    home.mkdir(exist_ok=True)
+    os.chown(home, NOBODY, NOBODY)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("XDG_")}
+    env.update(HOME=str(home), LANG="C.UTF-8")
+    if os.environ.get("XAUTHORITY"):  # xvfb-run's cookie is readable by root only: give the user a copy
+        cookie = home / ".Xauthority"
+        shutil.copyfile(os.environ["XAUTHORITY"], cookie)
+        os.chown(cookie, NOBODY, NOBODY)
+        env["XAUTHORITY"] = str(cookie)
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"], env
+
+
+def test_deb_metadata_and_desktop_integration(artifacts: dict) -> None:
+    info = subprocess.run(["dpkg-deb", "-f", artifacts["deb"], "Package", "Architecture", "Depends"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "Package: omnivox" in info and "Architecture: amd64" in info and "libxcb-cursor0" in info
+    listing = subprocess.run(["dpkg-deb", "-c", artifacts["deb"]], capture_output=True, text=True, check=True).stdout
+    assert "./usr/bin/omnivox -> /opt/omnivox/omnivox" in listing
+    assert "./usr/share/applications/omnivox.desktop" in listing
+    assert "./usr/share/icons/hicolor/scalable/apps/omnivox.svg" in listing
+    assert Path(artifacts["deb"]).stat().st_size <= DEB_SIZE_GOAL
+
+
+def test_deb_self_test_from_an_odd_read_only_path(deb_install: Path, shared_folder: Path) -> None:
+    binary = deb_install / "opt" / "omnivox" / "omnivox"
+    before = sorted(p.name for p in binary.parent.iterdir())
+    prefix, env = as_nobody(shared_folder / "home")
+    assert not os.access(binary.parent, os.W_OK) or os.getuid() == 0  # root is only the installer here
+    result = subprocess.run([*prefix, str(binary), "--self-test"], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("self-test passed: one spoken turn on cpu (nf4)")
+    status = subprocess.run([*prefix, str(binary), "--gpu-runtime", "status"], capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert status.returncode == 0, status.stderr
+    # the install folder is read-only for this user: the runtime would live in the user data folder
+    assert str(shared_folder / "home" / ".local" / "share" / "Omnivox" / "gpu-runtime") in status.stdout
+    assert "No NVIDIA GPU driver found" in status.stdout
+    assert sorted(p.name for p in binary.parent.iterdir()) == before
+
+
+def test_tarball_self_test_from_an_odd_path(artifacts: dict, shared_folder: Path) -> None:
+    target = shared_folder / "Mý Äpps (x86)"
+    target.mkdir()
+    with tarfile.open(artifacts["tar"]) as archive:
+        archive.extractall(target, filter="tar")
+    (folder,) = target.iterdir()
+    assert {"omnivox.desktop", "omnivox.svg", "install-desktop-entry.sh"} <= {p.name for p in folder.iterdir()}
+    result = subprocess.run([str(folder / "omnivox"), "--self-test"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    status = subprocess.run([str(folder / "omnivox"), "--gpu-runtime", "status"], capture_output=True, text=True,
+                            timeout=60)
+    assert str(folder / "gpu-runtime") in status.stdout  # a writable app folder keeps its runtime inside
+
+
+@pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs an X server (scripts/test.sh runs under Xvfb)")
+def test_installed_window_opens_within_the_goal(deb_install: Path, shared_folder: Path) -> None:
+    binary = deb_install / "opt" / "omnivox" / "omnivox"
+    prefix, env = as_nobody(shared_folder / "home-window")
+    started = time.perf_counter()
+    process = subprocess.Popen([*prefix, str(binary), "--no-voice", "--print-shown"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith(SHOWN_MARKER):
+                shown = time.perf_counter() - started
+                break
+        else:
+            pytest.fail(f"the window never showed: {process.stderr.read() if process.stderr else ''}")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    print(f"installed binary → window shown: {shown:.2f} s")
+    assert shown <= WINDOW_GOAL_SECONDS
