@@ -300,12 +300,23 @@ class ChatController(QObject):
         self.set_phase("idle")
         self.replyEnded.emit(interrupted)
 
-    def add_voice_timings(self, turn_id: str, timings_ms: dict) -> None:
+    def add_voice_timings(self, turn_id: str, timings_ms: dict, interrupted: bool = False) -> None:
         """The voice loop's latency telemetry for a spoken turn (speech end → request → first text →
-        first audio played, in ms from the end of speech), stored with the reply it led to."""
+        first audio played, in ms from the end of speech), stored with the reply it led to.
+
+        `interrupted`: its playback was cut (the user spoke over it, or the engine died) after the
+        engine had finished the reply, so the reply was stored whole: it is marked cut short now.
+        """
         history_id = self.stored_replies.pop(turn_id, None)
-        if history_id is not None:
-            self.guard(lambda: self.store.add_timings(history_id, {"voice_ms": timings_ms}))
+        if history_id is None:
+            return
+        self.guard(lambda: self.store.add_timings(history_id, {"voice_ms": timings_ms}))
+        if interrupted:
+            self.guard(lambda: self.store.set_interrupted(history_id))
+            view = next((view for view in self.views.values() if view.history_id == history_id), None)
+            if view is not None and not view.interrupted:
+                view.interrupted = True
+                self.turnUpdated.emit(view)
 
     def set_transcript(self, view: TurnView, transcript: str) -> None:
         """Fill in what the user said in a spoken turn (stored even when its conversation is no longer shown)."""

@@ -232,6 +232,11 @@ class HistoryStore:
             self.db.execute("UPDATE conversations SET title = ? WHERE title = '' AND id = "
                             "(SELECT conversation FROM turns WHERE id = ?)", (shorten(transcript), turn_id))
 
+    def set_interrupted(self, turn_id: int) -> None:
+        """Mark a stored reply as cut short: the user spoke over it (or stopped it) while it was still playing."""
+        with self.db:
+            self.db.execute("UPDATE turns SET interrupted = 1 WHERE id = ?", (turn_id,))
+
     def add_timings(self, turn_id: int, timings: dict) -> None:
         """Merge more timings into a stored turn's (the voice loop's, known once playback drained)."""
         with self.db:

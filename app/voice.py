@@ -41,7 +41,8 @@ class VoiceSink(Protocol):
     def on_speech_ended(self, pcm: bytes, rate: int) -> None: ...  # int16 mono speech: sends the turn
     def on_speech_discarded(self) -> None: ...  # too short to send (a cough): drops the frozen frame
     def on_turn_sent(self, turn_id: str, pcm: bytes, rate: int, image: bytes | None) -> None: ...  # sent itself
-    def on_voice_turn_finished(self, turn_id: str, timings_ms: dict) -> None: ...  # its latency telemetry
+    def on_voice_turn_finished(self, turn_id: str, timings_ms: dict,  # its latency telemetry; whether its
+                               interrupted: bool) -> None: ...  # playback was cut (spoken over, engine died)
     def show_notice(self, message: str) -> None: ...  # one line in the status area (device lost, …)
 
 

@@ -474,7 +474,7 @@ class WindowVoice(QObject):
         controller.notice.connect(window.show_notice)
         controller.turnSent.connect(window.on_turn_sent)
         controller.turnFinished.connect(lambda turn_id, record: window.on_voice_turn_finished(
-            turn_id, record["timings_ms"]))
+            turn_id, record["timings_ms"], record["interrupted"]))
         controller.start()
 
     def set_hands_free(self, on: bool) -> None:

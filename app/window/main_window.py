@@ -314,9 +314,9 @@ class MainWindow(QMainWindow):
     def on_turn_sent(self, turn_id: str, pcm: bytes, rate: int, image: bytes | None) -> None:
         self.chat.adopt(turn_id, Clip(np.frombuffer(pcm, dtype="<i2"), rate), None, image)
 
-    @Slot(str, dict)
-    def on_voice_turn_finished(self, turn_id: str, timings_ms: dict) -> None:
-        self.chat.add_voice_timings(turn_id, timings_ms)
+    @Slot(str, dict, bool)
+    def on_voice_turn_finished(self, turn_id: str, timings_ms: dict, interrupted: bool = False) -> None:
+        self.chat.add_voice_timings(turn_id, timings_ms, interrupted)
 
     @Slot(str)
     def show_notice(self, message: str) -> None:

@@ -353,6 +353,20 @@ def test_a_turn_the_voice_controller_sent_itself_is_shown_and_stored(qtbot, make
     window.on_voice_turn_finished("voice1", {"speech_end": 0.0, "request_sent": 12.0, "first_audio_played": 905.0})
     stored = window.store.turn(reply.id)
     assert stored.timings["voice_ms"]["first_audio_played"] == 905.0  # the latency telemetry, kept with the reply
+    assert not stored.interrupted
+
+
+def test_a_reply_spoken_over_after_the_engine_finished_it_is_stored_as_interrupted(make_window) -> None:
+    window = make_window(FakeVoice())
+    window.on_turn_sent("voice1", (tone(0.5) * 32767).astype("<i2").tobytes(), 16000, None)
+    window.engine.reply("A long answer.", turn_id="voice1")  # stored whole: the engine is done, playback is not
+    (reply,) = [turn for turn in window.store.turns(window.chat.conversation.id) if turn.role == "assistant"]
+    assert not reply.interrupted
+    window.on_voice_turn_finished("voice1", {"speech_end": 0.0, "first_audio_played": 700.0}, True)  # barge-in
+    stored = window.store.turn(reply.id)
+    assert stored.interrupted and stored.timings["voice_ms"]["first_audio_played"] == 700.0
+    view = next(view for view in window.chat.views.values() if view.history_id == reply.id)
+    assert view.interrupted
 
 
 def test_speech_over_a_reply_cancels_it(make_window) -> None:

@@ -468,7 +468,7 @@ class RecordingWindow:
     def on_turn_sent(self, turn_id: str, pcm: bytes, rate: int, image: bytes | None) -> None:
         self.sent.append((turn_id, rate, image))
 
-    def on_voice_turn_finished(self, turn_id: str, timings_ms: dict) -> None:
+    def on_voice_turn_finished(self, turn_id: str, timings_ms: dict, interrupted: bool) -> None:
         self.timings[turn_id] = timings_ms
 
 
