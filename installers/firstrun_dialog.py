@@ -36,6 +36,7 @@ def show_notice(text: str) -> None:
     application()
     box = QMessageBox(QMessageBox.Icon.Information, "Omnivox", text)
     box.setModal(False)
+    box.setAttribute(Qt.WidgetAttribute.WA_QuitOnClose, False)  # closing the main window still quits the app
     box.show()
     SHOWN.append(box)  # the box lives until the user closes it, not until this function returns
 
