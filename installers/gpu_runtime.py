@@ -119,13 +119,13 @@ def install(manifest: Manifest, root: Path, progress: Progress | None = None,
     downloads = root / "downloads"
     done_before = 0
     for wheel in manifest.wheels:
-        def overall(done: int, _total: int, base: int = done_before) -> None:
+        def overall(done: int, _size: int, base: int = done_before) -> None:
             if progress is not None:
                 progress(base + done, manifest.total_bytes)
 
         download(wheel.url, downloads / wheel.name, wheel.sha256, wheel.size, overall, cancel)
         done_before += wheel.size
-        overall(0, 0)
+        overall(0, wheel.size, done_before)  # also when the wheel was already there from an earlier run
     staging = root / "site.new"
     shutil.rmtree(staging, ignore_errors=True)
     for wheel in manifest.wheels:

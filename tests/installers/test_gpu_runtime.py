@@ -159,3 +159,12 @@ def test_manifest_round_trip(tmp_path: Path) -> None:
     manifest.write(tmp_path / "m.json")
     assert Manifest.read(tmp_path / "m.json") == manifest
     assert manifest.total_bytes == 30
+
+
+def test_progress_covers_all_wheels_and_ends_at_the_total(tmp_path: Path) -> None:
+    seen: list[tuple[int, int]] = []
+    with LoopbackServer(Behaviour(files=dict(WHEELS))) as server:
+        manifest = manifest_for(server, WHEELS)
+        gpu_runtime.install(manifest, tmp_path, lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (manifest.total_bytes, manifest.total_bytes)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
