@@ -52,6 +52,7 @@ from app.window.theme import apply_theme, icon
 from app.window.visual_panel import VisualPanel
 
 NOTICE_MS = 12_000
+RESTING = ("idle", "listening")  # voice states in which the engine may do background work
 LOADING_IMAGE = "Loading the image…"
 NO_MODEL = ("<b>No model yet.</b> Download one in <b>Models</b> (it shows what fits your GPU) and use it, or "
             "start Omnivox with <code>--model FOLDER</code>, or choose the folder in Settings. To try the window "
@@ -90,6 +91,9 @@ class MainWindow(QMainWindow):
         self.model_dialog: ModelDialog | None = None
 
         self.chat = ChatController(engine, store, max_new_tokens, self)
+        # Transcriptions also wait while the user talks and while a reply is still being played: on a
+        # CPU they would take the cores from the playback, and a new turn would cancel them anyway.
+        self.chat.transcripts.idle = lambda: self.chat.idle() and self.voice_state in RESTING
         self.images = ImageInput(self)
         self.context = VisualContext(camera or Camera(parent=self), self.images, self)
         self.context.camera_source = self.prefs.camera
@@ -290,6 +294,8 @@ class MainWindow(QMainWindow):
             raise ValueError(f"voice state must be one of {STATES}, got {state!r}")
         self.voice_state = state
         self.update_state()
+        if state in RESTING:
+            self.chat.transcripts.pump()
 
     @Slot()
     def on_speech_started(self) -> None:

@@ -369,6 +369,19 @@ def test_a_reply_spoken_over_after_the_engine_finished_it_is_stored_as_interrupt
     assert view.interrupted
 
 
+def test_with_a_voice_loop_a_transcription_waits_until_the_reply_has_been_played(make_window) -> None:
+    window = make_window(FakeVoice())
+    engine = window.engine
+    window.set_voice_state("thinking")
+    window.on_turn_sent("voice1", (tone(0.5) * 32767).astype("<i2").tobytes(), 16000, None)
+    window.set_voice_state("speaking")
+    engine.reply("Here you go.", turn_id="voice1")  # the engine is done; the speaker is not
+    assert engine.transcriptions == []
+    window.set_voice_state("user speaking")  # and the user goes on talking over it
+    assert engine.transcriptions == []
+    window.set_voice_state("listening")
+    assert [request.rate for request in engine.transcriptions] == [16000]
+
 def test_speech_over_a_reply_cancels_it(make_window) -> None:
     window = make_window(FakeVoice())
     window.send_text("Talk to me")
