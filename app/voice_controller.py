@@ -201,8 +201,9 @@ class VoiceController(QObject):
         if not self.playback.available and (notice := self.playback.open()):
             self.notice.emit(notice)
         settings = self.settings
-        # With the reply taken out of the mic signal, only its leftover needs the gate.
-        echo = self.make_echo_canceller()
+        # With the reply taken out of the mic signal, only its leftover needs the gate. With headphones no
+        # echo reaches the mic, and a canceller would only take bites out of the user talking over a reply.
+        echo = None if settings.headphones else self.make_echo_canceller()
         self.playback.reference = echo.played if echo else None
         endpointer = Endpointer(settings.sensitivity, hands_free=settings.mode == "hands_free",
                                 headphones=settings.headphones,
@@ -267,7 +268,18 @@ class VoiceController(QObject):
 
     def set_headphones(self, on: bool) -> None:
         self.settings.headphones = on
-        self.on_reader(lambda endpointer: setattr(endpointer, "headphones", on))
+
+        def change(endpointer: Endpointer) -> None:  # on the reader thread, which alone calls the canceller
+            endpointer.headphones = on
+            listener = self.listener
+            if listener is None or (listener.echo is None) == on:
+                return
+            echo = None if on else self.make_echo_canceller()
+            listener.echo = echo
+            self.playback.reference = echo.played if echo else None
+            endpointer.echo_gain_db = ECHO_GAIN_DB - (CANCELLED_DB if echo else 0.0)
+
+        self.on_reader(change)
 
     def set_barge_in(self, on: bool) -> None:
         self.settings.barge_in = on

@@ -517,6 +517,21 @@ def echo_into_the_mic(rig: Rig, seconds: float, gain: float = 3.0) -> None:
     rig.heard_all()
 
 
+def test_with_headphones_no_echo_canceller_touches_the_microphone(make_rig) -> None:
+    rig = make_rig(echo=EchoCanceller(SubtractingApm(gain=3.0)), headphones=True)
+    assert rig.controller.start()
+    listener = rig.controller.listener
+    assert listener.echo is None and rig.playback.reference is None  # nothing to cancel: the user's voice stays whole
+    rig.controller.set_headphones(False)  # speakers: the reply's echo has to come out
+    rig.say(quiet(0.1))  # the reader applies changes between frames
+    rig.qtbot.waitUntil(lambda: listener.echo is not None, timeout=5000)
+    assert rig.playback.reference is not None and listener.endpointer.echo_gain_db == ECHO_GAIN_DB - CANCELLED_DB
+    rig.controller.set_headphones(True)
+    rig.say(quiet(0.1))
+    rig.qtbot.waitUntil(lambda: listener.echo is None, timeout=5000)
+    assert rig.playback.reference is None and listener.endpointer.echo_gain_db == ECHO_GAIN_DB
+
+
 @pytest.mark.parametrize("cancel", [True, False])
 def test_an_echo_canceller_takes_the_reply_out_of_the_mic_where_the_gate_alone_would_not(make_rig, cancel) -> None:
     apm = SubtractingApm(gain=3.0)
