@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtWidgets import QApplication, QMessageBox, QProgressDialog
 
 from installers import gpu_runtime
@@ -37,7 +37,7 @@ def show_notice(text: str) -> None:
     box = QMessageBox(QMessageBox.Icon.Information, "Omnivox", text)
     box.setModal(False)
     box.setAttribute(Qt.WidgetAttribute.WA_QuitOnClose, False)  # closing the main window still quits the app
-    box.show()
+    QTimer.singleShot(0, box.show)  # once the event loop runs: after the main window, so it shows on top
     SHOWN.append(box)  # the box lives until the user closes it, not until this function returns
 
 
