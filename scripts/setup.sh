@@ -11,7 +11,7 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
         libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 \
         libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-xkb1 libxkbcommon-x11-0 \
         libegl1 libgl1 libfontconfig1 libdbus-1-3 \
-        xvfb xauth espeak-ng sox >/dev/null
+        xvfb xauth espeak-ng sox x11-apps xdotool xclip tesseract-ocr tesseract-ocr-eng >/dev/null
 fi
 
 PYTHON="${PYTHON:-python3}"

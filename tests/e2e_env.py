@@ -34,7 +34,8 @@ def require_tools(*tools: str) -> None:
     missing = [tool for tool in tools if shutil.which(tool) is None]
     if not missing:
         return
-    reason = f"needs {', '.join(missing)} (Debian: pulseaudio pulseaudio-utils espeak-ng libasound2-plugins)"
+    reason = (f"needs {', '.join(missing)} (Debian: pulseaudio pulseaudio-utils espeak-ng libasound2-plugins; "
+              "for the window tests xvfb x11-apps xdotool xclip tesseract-ocr)")
     if os.environ.get("OMNIVOX_E2E") == "require":
         pytest.fail(reason)
     pytest.skip(reason)
@@ -88,11 +89,34 @@ def pulseaudio() -> Iterator[dict[str, str]]:
         shutil.rmtree(runtime, ignore_errors=True)
 
 
-def spoken_question(folder: Path) -> tuple[Path, float]:
+@contextmanager
+def x_display() -> Iterator[str]:
+    """The X display to open windows on: $DISPLAY when set (xvfb-run), else a private Xvfb for the block."""
+    if os.environ.get("DISPLAY"):
+        yield os.environ["DISPLAY"]
+        return
+    require_tools("Xvfb")
+    read, write = os.pipe()
+    server = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+                              pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write)
+    try:
+        with os.fdopen(read) as announcement:  # Xvfb writes its display number once it accepts clients
+            number = announcement.readline().strip()
+        if not number:
+            unavailable("Xvfb did not start")
+        yield f":{number}"
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def spoken_question(folder: Path, text: str = "Could you tell me what is on the screen right now",
+                    name: str = "question.wav") -> tuple[Path, float]:
     """An espeak-ng question as a wav file, and how long its speech lasts (leading/trailing silence excluded)."""
     require_tools("espeak-ng")
-    path = folder / "question.wav"
-    subprocess.run(["espeak-ng", "-w", str(path), "Could you tell me what is on the screen right now"], check=True)
+    path = folder / name
+    subprocess.run(["espeak-ng", "-w", str(path), text], check=True)
     with wave.open(str(path)) as f:
         rate = f.getframerate()
         audio = np.frombuffer(f.readframes(f.getnframes()), np.int16).astype(np.float64)
