@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import soxr
 
-from app.audio.echo import CANCELLED_DB, EchoCanceller, LiveKitApm, make_echo_canceller
+from app.audio.echo import (
+    CANCELLED_DB,
+    ECHO_TAIL_MS,
+    FAINT_ECHO_DB,
+    FAINT_ECHO_MS,
+    EchoCanceller,
+    LiveKitApm,
+    make_echo_canceller,
+)
 from app.audio.spectrum import rms_db
 from tests.app.audio.test_endpointer import speech
 
@@ -50,6 +58,29 @@ def test_played_blocks_at_the_device_rate_reach_the_canceller_at_16_khz_in_10_ms
     expected = played[: len(reference)] * 32768
     assert np.corrcoef(reference[480:], expected[480:])[0, 1] > 0.99
     assert cleaned == bytes(960)
+
+
+def test_with_no_reply_audible_the_microphone_passes_as_it_is_and_the_canceller_still_hears_it() -> None:
+    apm = RecordingApm()
+    canceller = EchoCanceller(apm)
+    voice = speech(0.03).tobytes()
+    canceller.played(np.zeros(480, np.float32), RATE)  # the speaker plays silence between replies
+    assert canceller.clean(voice) == voice and len(apm.captured) == 3
+    canceller.played((speech(0.1) / 32768).astype(np.float32), RATE)  # a reply sounds: its echo comes out
+    assert canceller.clean(voice) == bytes(960)
+    canceller.played(np.zeros(RATE * ECHO_TAIL_MS // 1000 + 480, np.float32), RATE)  # ...and its echo has died away
+    assert canceller.clean(voice) == voice
+
+
+def test_the_canceller_hears_a_faint_late_copy_of_the_reply_on_top_of_the_microphone() -> None:
+    apm = RecordingApm()
+    canceller = EchoCanceller(apm)
+    reply = np.full(RATE // 2, 0.5, np.float32)  # played: 0.5 s at half scale
+    canceller.played(reply, RATE)
+    canceller.clean(bytes(960))
+    assert len(reply) >= FAINT_ECHO_MS / 1000 * RATE + 480  # so the 30 ms heard, FAINT_ECHO_MS late, are all reply
+    heard = np.concatenate(apm.captured).astype(np.float64)
+    assert np.allclose(heard, 0.5 * 32768 * 10 ** (FAINT_ECHO_DB / 20), atol=1)
 
 
 def test_without_the_binding_there_is_no_canceller_and_the_gate_works_alone() -> None:
@@ -102,3 +133,22 @@ def test_webrtc_aec3_takes_the_echo_out_and_keeps_the_user_talking_over_it() -> 
     for second in (0, 5):  # converging, and finding the path again after the user spoke: what the gate counts on
         assert level(out, second) <= level(mic, second) - CANCELLED_DB
     assert level(out, 4) == pytest.approx(level(user, 4), abs=3)  # the user over the reply is kept
+
+
+def test_webrtc_aec3_leaves_a_user_whole_when_no_echo_reaches_the_mic() -> None:
+    # Speakers set, but none of the reply reaches the mic (muted, far away, a headset): AEC3 alone
+    # takes 10-50 dB off the user talking over it; with the faint known echo it does not.
+    canceller = make_echo_canceller()
+    assert canceller is not None
+    t = np.arange(4 * RATE) / RATE
+    reply = (0.1 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)  # a tone: the hardest for AEC3
+    mic = np.zeros(len(t))
+    mic[RATE : 3 * RATE] = speech(2.0, dbfs=-15.0)
+    cleaned = []
+    for i in range(len(t) // 480):
+        canceller.played(reply[i * 480 : (i + 1) * 480], RATE)
+        frame = mic[i * 480 : (i + 1) * 480].astype(np.int16).tobytes()
+        cleaned.append(np.frombuffer(canceller.clean(frame), np.int16))
+    out = np.concatenate(cleaned)
+    for start in range(RATE, 3 * RATE, RATE // 4):
+        assert rms_db(out[start : start + RATE // 4]) == pytest.approx(rms_db(mic[start : start + RATE // 4]), abs=3)

@@ -154,8 +154,9 @@ def speakers(pulse) -> Iterator[None]:
 
 def spoken_reply(folder: Path) -> np.ndarray:
     """A spoken reply, 16 kHz float32, 6 dB under the user's voice at the mic (their mouth is nearer)."""
-    path, _ = spoken_question(folder, "Here is what I can see. A chart of sales by month, falling since May, "
-                                      "and a note that says call the bank", "reply.wav")
+    path = folder / "reply.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us+f3", "-w", str(path), "Here is what I can see. A chart of sales by "
+                    "month, falling since May, and a note that says call the bank"], check=True)
     with wave.open(str(path)) as f:
         audio = np.frombuffer(f.readframes(f.getnframes()), np.int16).astype(np.float32) / 32768
         return soxr.resample(audio / 2, f.getframerate(), 16000).astype(np.float32)
