@@ -239,10 +239,10 @@ class Screen:
         return words
 
     def lines(self, region: tuple[int, int, int, int] | None = None) -> list[str]:
-        """The lines of text in region, top to bottom (words whose middles are within a few pixels)."""
+        """The lines of text in region, top to bottom (words whose middles are less than a text line apart)."""
         rows: list[list[Word]] = []
         for word in sorted(self.words(region), key=lambda w: w.y):
-            if rows and word.y - rows[-1][0].y <= 5:
+            if rows and word.y - rows[-1][-1].y <= 12:
                 rows[-1].append(word)
             else:
                 rows.append([word])
@@ -348,22 +348,30 @@ class Omnivox:
 
     def wait_ready(self, timeout: float = 90) -> None:
         """The window is on screen, the microphone is open and the engine has loaded the model."""
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline().decode("utf-8", "replace")
-        assert line.startswith(SHOWN_MARKER), f"the app did not show its window: {line!r}\n{self.log_tail()}"
+        self.wait_listening(timeout)
         found = self.screen.run("xdotool", "search", "--sync", "--onlyvisible", "--pid", str(self.pid),
                                 "--name", "Omnivox").stdout.split()
         self.window = int(found[0])
         shell = self.screen.run("xdotool", "getwindowgeometry", "--shell", str(self.window)).stdout.decode()
         values = dict(line.split("=", 1) for line in shell.split())
         self.geometry = Geometry(int(values["X"]), int(values["Y"]), int(values["WIDTH"]), int(values["HEIGHT"]))
-        wait_until(self.recording, timeout, "the app to open the microphone")
         self.wait_engine_loaded(timeout)
+
+    def wait_listening(self, timeout: float = 90) -> None:
+        """The window has been shown and the microphone is open (without looking at the screen)."""
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().decode("utf-8", "replace")
+        assert line.startswith(SHOWN_MARKER), f"the app did not show its window: {line!r}\n{self.log_tail()}"
+        wait_until(self.recording, timeout, "the app to open the microphone")
 
     def wait_engine_loaded(self, timeout: float = 90) -> str:
         """The status bar names the loaded model ("Engine: Lyra_Test (fp32 on cpu)"); returns its text."""
-        return wait_until(lambda: self.alive() and re.search(r"\(\w+ on (cpu|cuda)", self.status_text())
-                          and self.status_text(), timeout, "the status bar to report the model loaded", poll=0.3)
+        def loaded() -> str | None:
+            self.alive()
+            text = self.status_text()
+            return text if re.search(r"\(\w+ on (cpu|cuda)", text) else None
+
+        return wait_until(loaded, timeout, "the status bar to report the model loaded", poll=0.3)
 
     def alive(self) -> bool:
         if self.process.poll() is not None:

@@ -74,8 +74,10 @@ def check_answered(exchange: Exchange, speech_seconds: float) -> None:
     stored, rate = read_wav(reply["audio_file"])
     assert rate == RATE and len(stored) / rate == pytest.approx(reply["audio_seconds"], abs=0.01)
     assert reply["audio_seconds"] > 0.2
-    # Everything stored was heard, once: the same amount of sound (gaps from a late engine aside) ...
-    assert sounding_seconds(exchange.heard) == pytest.approx(sounding_seconds(stored), abs=0.1)
+    # Everything stored was heard, once: the same amount of sound (a late engine makes the jitter buffer pause;
+    # each pause may add a part-filled 10 ms block at either end) ...
+    pauses = len(sound_segments(exchange.heard, gap=0.01)) - 1
+    assert sounding_seconds(exchange.heard) == pytest.approx(sounding_seconds(stored), abs=0.1 + 0.02 * pauses)
     # ... and it is the stored reply itself, not noise of the right length.
     assert similarity(exchange.heard, stored) > 0.9
 
