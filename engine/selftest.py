@@ -116,6 +116,9 @@ def run(_args: argparse.Namespace | None = None) -> int:
     except StepFailed as failure:
         print(f"self-test failed: {failure}", file=sys.stderr)
         return 1
-    print(f"self-test passed: one spoken turn on {lyra.precision.device} (nf4): {tokens} tokens, "
-          f"{seconds:.2f} s of speech, {time.perf_counter() - started:.1f} s")
+    import torch  # loaded by now; named so a GPU runtime (or its absence) shows in the line
+
+    print(f"self-test passed: one spoken turn on {lyra.precision.device} (nf4, torch {torch.__version__} from "
+          f"{Path(torch.__file__).parent}): {tokens} tokens, {seconds:.2f} s of speech, "
+          f"{time.perf_counter() - started:.1f} s")
     return 0

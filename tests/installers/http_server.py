@@ -13,14 +13,19 @@ class Behaviour:
     files: dict[str, bytes] = field(default_factory=dict)
     drop_after: int | None = None  # close the connection after this many body bytes, once
     ignore_range: bool = False
+    stall_after: int | None = None  # send this many body bytes, then hold the connection until `release`, once
+    release: threading.Event = field(default_factory=threading.Event)
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
 
 
 class Handler(BaseHTTPRequestHandler):
-    behaviour: Behaviour
-
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        behaviour = self.server.behaviour  # type: ignore[attr-defined]
+        try:
+            self.serve(self.server.behaviour)  # type: ignore[attr-defined]
+        except (ConnectionResetError, BrokenPipeError):  # the client went away: what some tests do on purpose
+            self.close_connection = True
+
+    def serve(self, behaviour: Behaviour) -> None:
         behaviour.requests.append((self.path, self.headers.get("Range")))
         body = behaviour.files.get(self.path.lstrip("/"))
         if body is None:
@@ -40,6 +45,13 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
         payload = body[start:]
+        if behaviour.stall_after is not None:  # a connection that hangs, as when the network goes away
+            sent, behaviour.stall_after = payload[:behaviour.stall_after], None
+            self.wfile.write(sent)
+            self.wfile.flush()
+            behaviour.release.wait(timeout=120)
+            self.close_connection = True
+            return
         if behaviour.drop_after is not None:
             payload, behaviour.drop_after = payload[:behaviour.drop_after], None
             self.wfile.write(payload)

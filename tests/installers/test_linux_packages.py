@@ -9,6 +9,7 @@ artifacts instead of building (the build takes about five minutes on two cores).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -24,6 +25,9 @@ import pytest
 
 from app.gui import SHOWN_MARKER
 from engine.protocol import PORT_ANNOUNCEMENT, RespondRequest, encode_frame, read_frame
+from installers.download import CHUNK
+from installers.gpu_runtime import MANIFEST_NAME, Manifest, Wheel
+from tests.installers.http_server import Behaviour, LoopbackServer
 from tests.signals import tone
 
 pytestmark = [pytest.mark.slow, pytest.mark.installer]
@@ -121,18 +125,74 @@ def test_deb_self_test_from_an_odd_read_only_path(deb_install: Path, shared_fold
     assert sorted(p.name for p in binary.parent.iterdir()) == before
 
 
-def test_tarball_self_test_from_an_odd_path(artifacts: dict, shared_folder: Path) -> None:
+@pytest.fixture(scope="module")
+def tar_install(artifacts: dict, shared_folder: Path) -> Path:
     target = shared_folder / "Mý Äpps (x86)"
     target.mkdir()
     with tarfile.open(artifacts["tar"]) as archive:
         archive.extractall(target, filter="tar")
     (folder,) = target.iterdir()
-    assert {"omnivox.desktop", "omnivox.svg", "install-desktop-entry.sh"} <= {p.name for p in folder.iterdir()}
-    result = subprocess.run([str(folder / "omnivox"), "--self-test"], capture_output=True, text=True, timeout=600)
+    return folder
+
+
+def test_tarball_self_test_from_an_odd_path(tar_install: Path) -> None:
+    assert {"omnivox.desktop", "omnivox.svg", "install-desktop-entry.sh"} <= {p.name for p in tar_install.iterdir()}
+    result = subprocess.run([str(tar_install / "omnivox"), "--self-test"], capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    status = subprocess.run([str(folder / "omnivox"), "--gpu-runtime", "status"], capture_output=True, text=True,
-                            timeout=60)
-    assert str(folder / "gpu-runtime") in status.stdout  # a writable app folder keeps its runtime inside
+    assert f"from {tar_install / '_internal' / 'torch'}" in result.stdout  # the bundled CPU torch
+    status = subprocess.run([str(tar_install / "omnivox"), "--gpu-runtime", "status"], capture_output=True,
+                            text=True, timeout=60)
+    assert str(tar_install / "gpu-runtime") in status.stdout  # a writable app folder keeps its runtime inside
+
+
+def test_first_run_gpu_runtime_resumes_and_is_used(tar_install: Path, tmp_path: Path) -> None:
+    """The first-run download in the frozen app, with the GPU injected: an `nvidia-smi` on PATH that
+    reports one (there is none here), and a manifest put where the build puts it, listing this
+    machine's CPU torch wheel (no CUDA wheels can be fetched here) served on the loopback interface.
+    The download is killed part-way, resumed by the next run, and the self-test then imports torch
+    from the runtime folder instead of the bundle."""
+    wheel = next(Path("/opt/wheels").glob("torch-*.whl"), None)
+    if wheel is None:
+        pytest.skip("no local torch wheel to serve")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "nvidia-smi").write_text("#!/bin/sh\necho 'NVIDIA Test GPU, 999.99'\n")
+    (tools / "nvidia-smi").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}", "HOME": str(tmp_path / "home")}
+    binary = str(tar_install / "omnivox")
+    body = wheel.read_bytes()
+    behaviour = Behaviour(files={wheel.name: body}, stall_after=len(body) // 3)
+    runtime = tar_install / "gpu-runtime"
+    with LoopbackServer(behaviour) as server:
+        Manifest("torch (test runtime)", (Wheel(wheel.name, server.url(wheel.name),
+                                                hashlib.sha256(body).hexdigest(), len(body)),)
+                 ).write(tar_install / "_internal" / MANIFEST_NAME)
+        status = subprocess.run([binary, "--gpu-runtime", "status"], capture_output=True, text=True, env=env)
+        assert "NVIDIA Test GPU found" in status.stdout and "not installed" in status.stdout
+        first = subprocess.Popen([binary, "--gpu-runtime", "install"], env=env, stderr=subprocess.DEVNULL)
+        part = runtime / "downloads" / f"{wheel.name}.part"
+        deadline = time.monotonic() + 120
+        # the client reads 1 MB blocks, so the stalled block's start is the last that reaches the disk
+        while not (part.exists() and part.stat().st_size >= len(body) // 3 - CHUNK) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        first.kill()  # the app dies mid-download (power cut, killed, network gone)
+        first.wait()
+        behaviour.release.set()
+        kept = part.stat().st_size
+        assert 0 < kept < len(body)
+        second = subprocess.run([binary, "--gpu-runtime", "install"], capture_output=True, text=True, env=env,
+                                timeout=600)
+        assert second.returncode == 0, second.stderr
+    assert behaviour.requests[-1] == (f"/{wheel.name}", f"bytes={kept}-")
+    result = subprocess.run([binary, "--self-test"], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"from {runtime / 'site' / 'torch'}" in result.stdout
+    without_gpu = subprocess.run([binary, "--self-test"], capture_output=True, text=True, timeout=600,
+                                 env={**env, "PATH": os.environ["PATH"]})  # the driver is gone: CPU torch again
+    assert f"from {tar_install / '_internal' / 'torch'}" in without_gpu.stdout
+    subprocess.run([binary, "--gpu-runtime", "remove"], check=True, capture_output=True, env=env)
+    assert not runtime.exists()
 
 
 @pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs an X server (scripts/test.sh runs under Xvfb)")
