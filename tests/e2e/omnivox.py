@@ -16,6 +16,7 @@ Used by tests/e2e and benchmarks/e2e_latency.py.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -289,8 +290,6 @@ def parse_xwd(data: bytes) -> np.ndarray:
 
 
 def png_bytes(image: Image.Image) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
@@ -452,9 +451,6 @@ class Omnivox:
     def say(self, wav: Path) -> None:
         """Speak into the microphone; returns once the last sample has been played into it."""
         subprocess.run(["paplay", "--device=micsrc", str(wav)], env=self.env, check=True, timeout=60)
-
-    def start_saying(self, wav: Path) -> subprocess.Popen:
-        return subprocess.Popen(["paplay", "--device=micsrc", str(wav)], env=self.env)
 
     # ---- the history ----------------------------------------------------------------------------
 

@@ -49,7 +49,8 @@ class Exchange:
 
 def ask(app: Omnivox, question: Path) -> Exchange:
     """Speak the question and wait until the reply has been stored and played out."""
-    replies = sum(turn["role"] == "assistant" for turn in app.stored_turns())
+    before = app.stored_turns()
+    replies = sum(turn["role"] == "assistant" for turn in before)
     speaker = Speaker(app.env)
     try:
         app.say(question)
@@ -60,7 +61,8 @@ def ask(app: Omnivox, question: Path) -> Exchange:
         np.save(app.data_dir.parent / f"speaker-{replies + 1}.npy", heard)  # for a failure's post-mortem
     turns = [turn for conversation in app.history()["conversations"] for turn in conversation["turns"]]
     turns.sort(key=lambda turn: turn["id"])
-    assert [turn["role"] for turn in turns[-2:]] == ["user", "assistant"], turns
+    # Exactly one user turn and its reply: nothing else was heard, nothing was cut in two.
+    assert [turn["role"] for turn in turns[len(before):]] == ["user", "assistant"], turns
     return Exchange(turns[-2], turns[-1], heard)
 
 
