@@ -202,7 +202,7 @@ class VoiceController(QObject):
             self.notice.emit(notice)
         settings = self.settings
         # With the reply taken out of the mic signal, only its leftover needs the gate. With headphones no
-        # echo reaches the mic, and a canceller would only take bites out of the user talking over a reply.
+        # echo reaches the mic: nothing to cancel, and the mic's audio stays untouched.
         echo = None if settings.headphones else self.make_echo_canceller()
         self.playback.reference = echo.played if echo else None
         endpointer = Endpointer(settings.sensitivity, hands_free=settings.mode == "hands_free",
