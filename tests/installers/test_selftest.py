@@ -18,7 +18,7 @@ def test_self_test_passes_from_source() -> None:
     result = subprocess.run([sys.executable, "main.py", "--self-test"], cwd=ROOT, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("self-test passed: one spoken turn on cpu (nf4)")
+    assert result.stdout.startswith("self-test passed: one spoken turn on cpu (nf4, torch ")
 
 
 def test_a_failure_is_one_line_naming_the_step(monkeypatch: pytest.MonkeyPatch,
