@@ -14,6 +14,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from installers import gpu_runtime
 from installers.download import DownloadError
@@ -26,7 +27,7 @@ STATE_NAME = "first-run.json"
 
 @dataclass(frozen=True)
 class Plan:
-    action: str  # "gpu": use the installed runtime, "install": offer the download, "cpu": bundled CPU torch
+    action: Literal["gpu", "install", "cpu"]  # the installed runtime / offer the download / the bundled CPU torch
     notice: str | None = None
 
 
@@ -55,7 +56,13 @@ def data_dir() -> Path:
 def bundled_manifest() -> Manifest | None:
     """The manifest the build put beside the app, or None when the build had none."""
     path = Path(getattr(sys, "_MEIPASS", install_dir())) / gpu_runtime.MANIFEST_NAME
-    return Manifest.read(path) if path.is_file() else None
+    try:
+        return Manifest.read(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError) as err:  # a damaged install must still start, on the CPU
+        print(f"note: ignoring the GPU runtime manifest {path}: {err}", file=sys.stderr)
+        return None
 
 
 def current_plan() -> tuple[Plan, Manifest | None, Path]:

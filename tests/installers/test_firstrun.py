@@ -44,3 +44,13 @@ def test_status_without_a_driver_names_the_cpu_fallback(capsys: pytest.CaptureFi
 def test_unknown_action(capsys: pytest.CaptureFixture[str]) -> None:
     assert firstrun.command(["upgrade"]) == 2
     assert "unknown --gpu-runtime action" in capsys.readouterr().err
+
+
+def test_a_damaged_manifest_means_cpu_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "gpu-runtime.json").write_text("{not json")
+    monkeypatch.setattr(firstrun.sys, "_MEIPASS", str(tmp_path), raising=False)
+    assert firstrun.bundled_manifest() is None
+    assert "ignoring the GPU runtime manifest" in capsys.readouterr().err
+    (tmp_path / "gpu-runtime.json").unlink()
+    assert firstrun.bundled_manifest() is None
