@@ -71,7 +71,7 @@ def run_install_dialog(manifest: Manifest, root: Path, notice: str) -> bool:
         outcome.append(message)
         relay.finished.emit(message)
 
-    relay.finished.connect(dialog.reset)
+    relay.finished.connect(lambda _message: dialog.accept())  # ends exec(); reset() would not, with autoClose off
     dialog.canceled.connect(cancel.set)
     worker = threading.Thread(target=work, name="gpu-runtime-download", daemon=True)
     worker.start()

@@ -7,6 +7,9 @@ import os
 
 import pytest
 
+if not os.environ.get("DISPLAY"):  # the dialog tests run headless unless a real display is there (xvfb-run)
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "installer: builds and installs the Linux packages (own CI step)")
