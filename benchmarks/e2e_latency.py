@@ -1,6 +1,7 @@
 """End-to-end latency: spoken turns through the real app, from the end of speech to the first sample played.
 
-    xvfb-run -a -s "-screen 0 1280x800x24" .venv/bin/python benchmarks/e2e_latency.py --turns 20 --json
+    xvfb-run -a -s "-screen 0 1280x800x24" .venv/bin/python benchmarks/e2e_latency.py --turns 20 --json \
+        [--screenshot window.png]
 
 Starts a private PulseAudio daemon with a virtual microphone and speaker (tests/e2e_env.py), a
 random-weight test checkpoint, and `python main.py --model M --data-dir TMP` (hands-free; Qt's
@@ -36,6 +37,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from PIL import Image  # noqa: E402
 
 from tests.e2e.omnivox import Omnivox  # noqa: E402
 from tests.e2e_env import pulseaudio, spoken_question  # noqa: E402
@@ -73,7 +76,7 @@ def summarise(turns: list[dict[str, float]]) -> dict[str, dict[str, float]]:
                    "p90": round(percentile([t[name] for t in turns], 0.9), 1)} for name in turns[0]}
 
 
-def run(turns: int, max_new_tokens: int, work: Path) -> dict:
+def run(turns: int, max_new_tokens: int, work: Path, screenshot: Path | None = None) -> dict:
     subprocess.run([sys.executable, "main.py", "make-test-model", str(work / "model")], cwd=ROOT, check=True,
                    capture_output=True)
     question, _ = spoken_question(work)
@@ -91,6 +94,8 @@ def run(turns: int, max_new_tokens: int, work: Path) -> dict:
             reply = [turn for turn in stored if turn["role"] == "assistant"][number]
             if number and reply["timings"]["voice_ms"].get("first_audio_played") is not None:
                 measured.append(stages(reply["timings"]))
+        if screenshot is not None:  # the window after the last turn, as the user sees it
+            Image.fromarray(app.screen.grab()).save(screenshot)
     if not measured:
         raise RuntimeError("no turn reached the speaker")
     summary = summarise(measured)
@@ -110,9 +115,12 @@ def main() -> int:
     parser.add_argument("--turns", type=int, default=10, help="measured spoken turns (after one warm-up turn)")
     parser.add_argument("--max-new-tokens", type=int, default=24, help="reply length in tokens (~0.13 s each)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--screenshot", type=Path, help="save the screen after the last turn (needs a display)")
     args = parser.parse_args()
+    if args.screenshot is not None and not os.environ.get("DISPLAY"):
+        parser.error("--screenshot needs a display (run under xvfb-run)")
     with tempfile.TemporaryDirectory(prefix="omnivox-e2e-latency-") as folder:
-        result = run(args.turns, args.max_new_tokens, Path(folder))
+        result = run(args.turns, args.max_new_tokens, Path(folder), args.screenshot)
     if args.json:
         print(json.dumps(result))
         return 0

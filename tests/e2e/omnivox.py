@@ -165,13 +165,14 @@ def band_limited(samples: np.ndarray, band_hz: float) -> np.ndarray:
     return np.fft.irfft(spectrum, len(samples))
 
 
-def similarity(recorded: np.ndarray, reference: np.ndarray, band_hz: float = 3000, window_s: float = 0.5,
+def similarity(recorded: np.ndarray, reference: np.ndarray, band_hz: float = 3000, window_s: float = 0.25,
                search_s: float = 0.1) -> float:
     """How much `recorded` is `reference` played back: ~1 when it is, ~0 for other sound.
 
     The recording loses its pauses first (a late engine makes the jitter buffer wait), then each
-    half second of the reference is matched against the recording near where it should be, below
-    band_hz (PulseAudio's resamplers blur the top of the band); the median of those correlations.
+    quarter second of the reference is matched against the recording near where it should be, below
+    band_hz (PulseAudio's resamplers blur the top of the band); the median of those correlations (a
+    pause's fades and a few samples' shift spoil the one window they fall in, not the verdict).
     """
     a = band_limited(without_gaps(recorded), band_hz)
     b = band_limited(reference, band_hz)
