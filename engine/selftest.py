@@ -4,7 +4,7 @@ It writes a random-weight checkpoint in the released layout to a temporary folde
 test signal to it through the same path as `ask` (WAV file → resampling → Whisper features →
 NF4 model through bitsandbytes → streamed text and speech), and checks that text and audio came
 back. Before that it loads the native libraries the window needs outside the engine (PortAudio,
-webrtcvad, OpenCV), because a frozen build most often breaks by losing one of them.
+webrtcvad, OpenCV, LiveKit's echo canceller), because a frozen build most often breaks by losing one.
 
 Prints one line either way: `self-test passed: …` (exit 0) or `self-test failed: <step>: <why>` (exit 1).
 """
@@ -54,6 +54,15 @@ def step(name: str):  # noqa: ANN201 - a decorator
 def load_native_modules() -> None:
     for name in NATIVE_MODULES:
         importlib.import_module(name)
+
+
+@step("echo canceller")
+def load_echo_canceller() -> None:
+    # The window's echo canceller loads a native library on first use (and falls back to the echo
+    # gate without it), so only building one shows that a frozen app still has it.
+    from livekit import rtc
+
+    rtc.AudioProcessingModule(echo_cancellation=True)
 
 
 @step("test checkpoint")
@@ -108,6 +117,7 @@ def run(_args: argparse.Namespace | None = None) -> int:
     started = time.perf_counter()
     try:
         load_native_modules()
+        load_echo_canceller()
         with tempfile.TemporaryDirectory(prefix="omnivox-self-test-") as temporary:
             folder = Path(temporary)
             speech = spoken_question(folder)
