@@ -87,6 +87,7 @@ class ChatController(QObject):
         self.conversation: Conversation | None = None  # created with its first turn
         self.views: dict[int, TurnView] = {}
         self.stored_replies: dict[str, int] = {}  # engine turn id → history id of its stored reply
+        self.early_voice: dict[str, tuple[dict, bool]] = {}  # the voice loop's word on a reply not stored yet
         self.outbox: list[Outgoing] = []
         self.running: Outgoing | None = None
         self.phase = "idle"
@@ -281,8 +282,14 @@ class ChatController(QObject):
         """The reply is over: store what it said (nothing is stored for a reply that never began)."""
         self.running = None
         reply = outgoing.reply
+        # The voice loop may be done with this reply first: spoken over after the engine had finished it,
+        # before its turn_done got here.
+        voice = self.early_voice.pop(outgoing.engine_id, None) if outgoing.engine_id is not None else None
         if reply is not None:
-            reply.interrupted, reply.done = interrupted, True
+            cut = interrupted or (voice is not None and voice[1])
+            reply.interrupted, reply.done = cut, True
+            if voice is not None:
+                reply.timings = {**(reply.timings or {}), "voice_ms": voice[0]}
             audio = None
             if outgoing.chunks:
                 audio = Clip(np.frombuffer(b"".join(outgoing.chunks), dtype="<f4"), outgoing.rate)
@@ -290,9 +297,9 @@ class ChatController(QObject):
             if outgoing.conversation is not None:
                 stored = self.guard(lambda: self.store.add_turn(outgoing.conversation, "assistant", reply.text,
                                                                 audio=audio, timings=reply.timings,
-                                                                interrupted=interrupted))
+                                                                interrupted=cut))
                 reply.history_id = stored.id if stored is not None else None
-                if stored is not None and outgoing.engine_id is not None:
+                if stored is not None and outgoing.engine_id is not None and voice is None:
                     self.stored_replies[outgoing.engine_id] = stored.id
             self.turnUpdated.emit(reply)
         if outgoing.speech is not None:
@@ -309,6 +316,9 @@ class ChatController(QObject):
         """
         history_id = self.stored_replies.pop(turn_id, None)
         if history_id is None:
+            running = self.running
+            if running is not None and running.engine_id == turn_id:  # stored by `finish` when the engine is done
+                self.early_voice[turn_id] = (timings_ms, interrupted)
             return
         self.guard(lambda: self.store.add_timings(history_id, {"voice_ms": timings_ms}))
         if interrupted:

@@ -369,6 +369,15 @@ def test_a_reply_spoken_over_after_the_engine_finished_it_is_stored_as_interrupt
     assert view.interrupted
 
 
+def test_a_reply_spoken_over_before_the_engine_reported_it_done_is_stored_as_interrupted(make_window) -> None:
+    window = make_window(FakeVoice())
+    window.on_turn_sent("voice1", (tone(0.5) * 32767).astype("<i2").tobytes(), 16000, None)
+    window.on_voice_turn_finished("voice1", {"speech_end": 0.0, "first_audio_played": 650.0}, True)  # barge-in
+    window.engine.reply("All of it.", turn_id="voice1")  # the engine had finished: its turn_done was on its way
+    (reply,) = [turn for turn in window.store.turns(window.chat.conversation.id) if turn.role == "assistant"]
+    assert reply.interrupted and reply.timings["voice_ms"]["first_audio_played"] == 650.0
+
+
 def test_with_a_voice_loop_a_transcription_waits_until_the_reply_has_been_played(make_window) -> None:
     window = make_window(FakeVoice())
     engine = window.engine
