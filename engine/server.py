@@ -28,7 +28,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from engine.errors import OmnivoxError
 from engine.protocol import (
@@ -53,7 +53,8 @@ NO_MODEL = "no model loaded; load one first"
 MAX_ERROR_CHARS = 500
 STOP_GRACE_S = 5.0  # after shutdown or the app leaving, how long a model load may hold the process
 
-Job = tuple[str, Callable[[], None]]  # the request id to name in an error, the work
+Job = tuple[str, Callable[[], None]]
+Request = TypeVar("Request", RespondRequest, TranscribeRequest)  # the request id to name in an error, the work
 
 
 class Connection:
@@ -145,11 +146,17 @@ class Engine:
             for cancel in self.transcriptions.values():
                 cancel.set()
 
-    def accept_transcription(self, header: dict, payload: bytes) -> None:
+    def decode(self, request_type: type[Request], header: dict, payload: bytes) -> Request | None:
+        """The request in this frame, or None after telling the app why it is malformed."""
         try:
-            request = TranscribeRequest.decode(header, payload)
+            return request_type.decode(header, payload)
         except ProtocolError as err:
             self.connection.error(err.frame_id, str(err))
+            return None
+
+    def accept_transcription(self, header: dict, payload: bytes) -> None:
+        request = self.decode(TranscribeRequest, header, payload)
+        if request is None:
             return
         cancel = threading.Event()
         with self.turn_lock:
@@ -157,10 +164,8 @@ class Engine:
         self.jobs.put((request.request_id, lambda: self.transcribe(request, cancel)))
 
     def accept_turn(self, header: dict, payload: bytes) -> None:
-        try:
-            request = RespondRequest.decode(header, payload)
-        except ProtocolError as err:
-            self.connection.error(err.frame_id, str(err))
+        request = self.decode(RespondRequest, header, payload)
+        if request is None:
             return
         with self.turn_lock:
             if self.turn is not None:
