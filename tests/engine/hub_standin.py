@@ -9,34 +9,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from tests.loopback import LoopbackHTTP
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
-class HubStandIn:
+class HubStandIn(LoopbackHTTP):
     def __init__(self, repo_id: str, repo_folder: Path, vocoder_folder: Path) -> None:
         self.repo_id, self.repo_folder, self.vocoder_folder = repo_id, repo_folder, vocoder_folder
         self.delay_per_chunk = 0.0
         self.drop_after_bytes: int | None = None  # close the connection mid-file once, then serve normally
         self.requests: list[str] = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(self.handler())
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> HubStandIn:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return self.base_url
 
     def repo_files(self) -> dict[str, Path]:
         """The repository's files: the model folder without the vocoder, which the hub does not hold."""
