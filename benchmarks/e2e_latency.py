@@ -95,7 +95,8 @@ def run(turns: int, max_new_tokens: int, work: Path, screenshot: Path | None = N
             if number and reply["timings"]["voice_ms"].get("first_audio_played") is not None:
                 measured.append(stages(reply["timings"]))
         if screenshot is not None:  # the window after the last turn, as the user sees it
-            Image.fromarray(app.screen.grab()).save(screenshot)
+            g = app.geometry
+            Image.fromarray(app.screen.grab()[g.y : g.y + g.height, g.x : g.x + g.width]).save(screenshot)
     if not measured:
         raise RuntimeError("no turn reached the speaker")
     summary = summarise(measured)

@@ -22,8 +22,9 @@ def opened(supported=None, **kwargs) -> tuple[Playback, object]:
     return playback, sd.streams[0]
 
 
-def play_out(stream, blocks: int) -> np.ndarray:
-    return np.concatenate([stream.pull() for _ in range(blocks)])
+def play_out(stream, seconds: float) -> np.ndarray:
+    """What the device plays in `seconds`, pulled a block at a time."""
+    return np.concatenate([stream.pull() for _ in range(round(seconds * stream.samplerate / stream.blocksize))])
 
 
 def test_resamples_16k_to_a_48k_stereo_device() -> None:
@@ -32,7 +33,7 @@ def test_resamples_16k_to_a_48k_stereo_device() -> None:
     playback.write(reply(0.25))
     playback.write(reply(0.25))
     playback.finish()
-    out = play_out(stream, 40)  # 0.8 s of 20 ms blocks
+    out = play_out(stream, 0.8)
     assert not np.isnan(out).any() and np.array_equal(out[:, 0], out[:, 1])
     sound = np.flatnonzero(np.abs(out[:, 0]) > 1e-4)
     assert (sound[-1] - sound[0]) / 48000 == pytest.approx(0.5, abs=0.01)
@@ -47,37 +48,37 @@ def test_chunk_seams_and_underruns_never_click() -> None:
     speech = reply(0.18)  # one continuous sine, arriving in three chunks
     chunk = [speech[: 1600 * 4], speech[1600 * 4 : 2080 * 4], speech[2080 * 4 :]]
     playback.write(chunk[0])
-    out = play_out(stream, 10)  # runs dry after 100 ms: an underrun, filled with silence
+    out = play_out(stream, 0.2)  # runs dry after 100 ms: an underrun, filled with silence
     assert np.abs(out[-800:]).max() == 0.0
     playback.write(chunk[1])  # less than the prebuffer: waits
-    assert np.abs(play_out(stream, 2)).max() == 0.0
+    assert np.abs(play_out(stream, 0.04)).max() == 0.0
     playback.write(chunk[2])  # now enough
     playback.finish()
-    out = np.concatenate([out, play_out(stream, 10)])
+    out = np.concatenate([out, play_out(stream, 0.2)])
     assert np.abs(np.diff(out[:, 0])).max() <= max_step * 1.05  # fades at every gap, no jumps
 
 
 def test_stop_silences_the_output_within_one_block() -> None:
     playback, stream = opened()
     playback.write(reply(3.0))
-    play_out(stream, 10)
+    play_out(stream, 0.2)
     playback.stop()
     block = stream.pull()
     fade = int(0.005 * playback.rate)
     assert np.abs(block[fade:]).max() == 0.0  # silent after a 5 ms fade, inside the very next block
     assert np.abs(np.diff(block[:, 0])).max() < 0.05  # the fade: no click
-    assert np.abs(play_out(stream, 5)).max() == 0.0
+    assert np.abs(play_out(stream, 0.1)).max() == 0.0
     assert playback.wait_done(0) and playback.level_db == SILENT_DB
 
 
 def test_a_new_reply_after_stop_plays_from_its_start() -> None:
     playback, stream = opened()
     playback.write(reply(1.0))
-    play_out(stream, 5)
+    play_out(stream, 0.1)
     playback.stop()
     playback.write(reply(0.2, freq=440))
     playback.finish()
-    out = play_out(stream, 20)[:, 0]
+    out = play_out(stream, 0.4)[:, 0]
     assert np.count_nonzero(np.abs(out) > 1e-4) == pytest.approx(0.2 * 16000, abs=200)
 
 
