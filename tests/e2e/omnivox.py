@@ -6,7 +6,7 @@ PulseAudio daemon (tests/e2e_env.py). Everything here acts through public surfac
 - the microphone: `paplay` into the virtual source the app records from;
 - the speaker: `parecord` from the monitor of the virtual sink it plays to (`Speaker`);
 - the window: `xwd` screenshots read with tesseract (`Screen.words`), `xdotool` clicks and keys,
-  `xclip` to put an image on the clipboard;
+  `xclip` to put an image on the clipboard, another application's window to drag a file from;
 - the history: `python main.py history --json`, and while waiting, the SQLite file read-only;
 - the engine: its process id, found among the app's children, for `kill`.
 
@@ -259,6 +259,33 @@ class Screen:
     def key(self, window: int, *keys: str) -> None:
         self.run("xdotool", "windowfocus", "--sync", str(window))
         self.run("xdotool", "key", "--clearmodifiers", *keys)
+
+    def drag_file(self, path: Path, source: tuple[int, int], target: tuple[int, int]) -> bool:
+        """Drag a file from another application's window at `source` and drop it at `target` (screen pixels).
+
+        The drag is real XDND between two X clients (tests/e2e/drag_source.py starts it, Qt carries
+        it), moved by the pointer as a hand would. Returns whether the target accepted the drop.
+        """
+        dragger = subprocess.Popen([sys.executable, str(ROOT / "tests" / "e2e" / "drag_source.py"), str(path),
+                                    str(source[0]), str(source[1])],
+                                   env=self.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            assert dragger.stdout is not None
+            assert dragger.stdout.readline().strip() == "READY", "the drag source did not show its window"
+            self.run("xdotool", "mousemove", "--sync", str(source[0] + 60), str(source[1] + 40), "mousedown", "1")
+            time.sleep(0.3)  # the drag starts on the press
+            for step in range(1, 11):  # XDND follows the pointer: move the way a hand does, not in one jump
+                x = source[0] + 60 + (target[0] - source[0] - 60) * step // 10
+                y = source[1] + 40 + (target[1] - source[1] - 40) * step // 10
+                self.run("xdotool", "mousemove", "--sync", str(x), str(y))
+                time.sleep(0.05)
+            time.sleep(0.3)  # the target has answered the last position
+            self.run("xdotool", "mouseup", "1")
+            return dragger.communicate(timeout=20)[0].strip() == "DROPPED"
+        finally:
+            if dragger.poll() is None:
+                dragger.kill()
+                dragger.wait(timeout=10)
 
     @contextlib.contextmanager
     def clipboard_image(self, path: Path) -> Iterator[None]:

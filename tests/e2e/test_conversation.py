@@ -2,9 +2,10 @@
 
 Each test starts `python main.py --model <random-weight checkpoint> --data-dir <tmp>` and drives it
 only from outside: espeak-ng questions played into the virtual microphone, the speaker recorded
-from its monitor, screenshots read with OCR, xdotool clicks and keys, xclip for the clipboard, the
-engine killed by its pid, and `main.py history --json` for what was kept. The test model speaks
-noise, so the checks are on structure, durations and the audio itself, never on words.
+from its monitor, screenshots read with OCR, xdotool clicks and keys, xclip for the clipboard, a
+file dragged from another application's window, the engine killed by its pid, and `main.py
+history --json` for what was kept. The test model speaks noise, so the checks are on structure,
+durations and the audio itself, never on words.
 """
 
 from __future__ import annotations
@@ -98,16 +99,27 @@ def test_a_spoken_question_is_answered_aloud(launch: Launch, question: tuple[Pat
     assert [turn["role"] for turn in conversation["turns"]] == ["user", "assistant"]
 
 
-def test_a_pasted_image_goes_with_the_question(launch: Launch, question: tuple[Path, float], tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["dropped", "pasted"])
+def test_an_image_goes_with_the_question(launch: Launch, question: tuple[Path, float], tmp_path: Path,
+                                         how: str) -> None:
     app = launch()
     y, x = np.mgrid[0:200, 0:320]
     pixels = np.stack([x * 255 // 319, y * 255 // 199, (x // 40 + y // 40) % 2 * 255], axis=-1).astype(np.uint8)
     picture = tmp_path / "picture.png"
     Image.fromarray(pixels).save(picture)
     panel = app.geometry.region(-340, 0, 340, 340)
-    with app.screen.clipboard_image(picture):
-        app.key("ctrl+v")
-        wait_until(lambda: "pasted" in app.screen.text(panel), 30, "the panel to show the pasted image", poll=0.3)
+
+    def panel_shows(word: str) -> None:
+        wait_until(lambda: word in app.screen.text(panel), 30, f"the panel to show the {how} image", poll=0.3)
+
+    if how == "dropped":  # dragged from another application's window onto the panel
+        source = (app.geometry.x + 20, app.geometry.y + 300)
+        assert app.screen.drag_file(picture, source, (panel[0] + panel[2] // 2, panel[1] + panel[3] // 2))
+        panel_shows("picture")
+    else:
+        with app.screen.clipboard_image(picture):
+            app.key("ctrl+v")
+            panel_shows("pasted")
     wav, speech_seconds = question
     exchange = ask(app, wav)
     check_answered(exchange, speech_seconds)
