@@ -134,6 +134,7 @@ class ConversationView(QScrollArea):
         self.empty = QLabel("Say something, or type below.\nDrop an image here, or pick the camera or the screen "
                             "on the right, to talk about what you see.", content, objectName="emptyHint")
         self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty.setWordWrap(True)  # the view is narrower than the hint's longer line at the default size
         self.empty.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)  # the middle of the view
         self.column.addWidget(self.empty, 1)  # while shown, it takes the free space (so sits in the middle) ...
         self.column.addStretch(0)  # ... else this does, keeping the turns at the top

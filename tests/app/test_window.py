@@ -98,6 +98,16 @@ def test_the_window_is_up_before_the_engine_is_started(qtbot, make_window) -> No
     assert not window.banner.isVisible() and window.model_dialog is None
 
 
+def test_the_empty_conversation_hint_fits_a_narrow_window(qtbot, make_window) -> None:
+    window = make_window()
+    window.resize(window.minimumSizeHint().width(), 600)
+    hint = window.view.empty
+    qtbot.waitUntil(lambda: hint.isVisible() and window.view.viewport().width() < hint.fontMetrics().horizontalAdvance(
+        hint.text().splitlines()[1]))  # narrower than the hint's longer line
+    assert hint.width() <= window.view.viewport().width()  # not cut off at the right edge
+    assert hint.heightForWidth(hint.width()) <= hint.height()  # every wrapped line shown
+
+
 def test_without_a_model_the_window_says_how_to_get_one(make_window) -> None:
     window = make_window(model=None)
     assert window.banner.isVisible() and "<b>Models</b>" in window.banner.text()
