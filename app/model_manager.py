@@ -8,7 +8,8 @@ A child process rather than new requests to the engine process, because:
   safe: bytes go to `<file>.part` and only a whole file is renamed into place, so the next
   run resumes from what reached the disk and a partial model is never listed as installed.
 `models list --json` gives the catalogue; `models download NAME --json` prints one JSON line per
-progress step and a last `installed` line; a failure is its `error: …` line on stderr.
+progress step and a last `installed` line; `models remove NAME` deletes a model or an unfinished
+download; a failure is its `error: …` line on stderr.
 """
 
 from __future__ import annotations
@@ -103,12 +104,13 @@ class Command(QObject):
 
 
 class ModelManager(QObject):
-    """Lists the catalogue and runs one download at a time; tests point it at a stand-in hub."""
+    """Lists the catalogue, runs one download and one removal at a time; tests point it at a stand-in hub."""
 
     listed = Signal(list)  # [ModelRow]
     progress = Signal(str, object, object)  # name, bytes done, bytes known in all (ints past 2 GB: object)
     installed = Signal(str, str)  # name, folder
     stopped = Signal(str, str)  # name, why ("" when the user cancelled)
+    removed = Signal(str, str)  # name, why it could not be ("" when it was)
     failed = Signal(str)  # the catalogue could not be listed: one line
 
     def __init__(self, data_dir: Path, endpoint: str | None = None, vocoder_url: str | None = None,
@@ -125,6 +127,9 @@ class ModelManager(QObject):
         self.loader = Command(python, self)
         self.loader.line.connect(self.on_download_line)
         self.loader.ended.connect(self.on_downloaded)
+        self.remover = Command(python, self)
+        self.remover.ended.connect(self.on_removed)
+        self.removing: str | None = None
         self.listing = ""
         self.downloading: str | None = None
         self.folder: str | None = None  # the download's `installed` line
@@ -143,6 +148,14 @@ class ModelManager(QObject):
         self.loader.start([*self.options, "download", name, "--json"])
         return True
 
+    def remove(self, name: str) -> bool:
+        """Delete an installed model or an unfinished download; False while it downloads or a removal runs."""
+        if self.removing is not None or self.downloading == name:
+            return False
+        self.removing = name
+        self.remover.start([*self.options, "remove", name])
+        return True
+
     def cancel(self) -> None:
         if self.downloading is not None:
             self.cancelling = True
@@ -151,6 +164,7 @@ class ModelManager(QObject):
     def shutdown(self) -> None:
         self.cancel()
         self.lister.stop()
+        self.remover.process.waitForFinished(10_000)  # a removal is not cut off half way: let it end
 
     def on_listing_line(self, line: str) -> None:
         self.listing += line
@@ -183,3 +197,9 @@ class ModelManager(QObject):
         else:
             self.stopped.emit(name, "" if self.cancelling else error)
         self.refresh()  # installed, or how much a resume would start from
+
+    def on_removed(self, code: int, error: str) -> None:
+        name, self.removing = self.removing, None
+        if name is not None:
+            self.removed.emit(name, "" if code == 0 else error)
+            self.refresh()

@@ -51,7 +51,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     action.add_parser("list", help="the catalogue, what is installed and what fits this GPU").add_argument(
         "--json", action="store_true")
     for name, text in (("download", "download a model (resumes an interrupted download)"),
-                       ("verify", "check an installed model's files"), ("remove", "delete an installed model")):
+                       ("verify", "check an installed model's files"),
+                       ("remove", "delete an installed model or an unfinished download")):
         action.add_parser(name, help=text).add_argument("name", help="e.g. Lyra-Mini-3B")
     action.choices["download"].add_argument(
         "--json", action="store_true", help="progress as JSON lines on stdout (for the window's model manager)")

@@ -227,11 +227,15 @@ class ModelStore:
         return problems
 
     def remove(self, name: str) -> None:
+        """Delete an installed model, or what an unfinished download of it left."""
         catalog_entry(name)
         registry = self.registry()
         record = registry.pop(name, None)
         if record is None:
-            raise OmnivoxError(f"{name} is not installed.")
+            if not self.partial_bytes(name):
+                raise OmnivoxError(f"{name} is not installed.")
+            shutil.rmtree(self.model_folder(name), ignore_errors=True)
+            return
         self.save_registry(registry)  # forget first: a half-deleted folder is never listed as installed
         shutil.rmtree(record["folder"], ignore_errors=True)
 

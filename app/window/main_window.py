@@ -453,6 +453,7 @@ class MainWindow(QMainWindow):
         if self.model_dialog is None:
             self.model_dialog = ModelDialog(self.models, self)
             self.model_dialog.modelChosen.connect(self.use_model)
+        self.model_dialog.in_use = self.model.folder if self.model is not None else None
         self.model_dialog.refresh()
         self.model_dialog.show()
         self.model_dialog.raise_()

@@ -1,4 +1,4 @@
-"""The model manager dialog: the released models, their size and GPU fit; download, cancel, resume, use.
+"""The model manager dialog: the released models, their size and GPU fit; download, cancel, resume, use, remove.
 
 A thin view over `ModelManager` (app/model_manager.py), which does the work in a child process.
 Closing the dialog leaves a download running; reopening it shows where it is.
@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QTableWidget,
@@ -32,9 +33,11 @@ def megabytes(count: int) -> str:
     return f"{count / 1e6:,.0f} MB" if count < 1e9 else f"{count / 1e9:.2f} GB"
 
 
-def state_of(row: ModelRow, downloading: str | None) -> str:
+def state_of(row: ModelRow, downloading: str | None, removing: str | None) -> str:
     if row.name == downloading:
         return "downloading"
+    if row.name == removing:
+        return "removing"
     if row.folder is not None:
         return "installed"
     if row.partial_bytes:
@@ -51,6 +54,7 @@ class ModelDialog(QDialog):
         self.setAccessibleName("Model manager")
         self.manager = manager
         self.rows: list[ModelRow] = []
+        self.in_use: str | None = None  # the folder of the model the engine runs: not removed from under it
 
         self.table = QTableWidget(0, len(COLUMNS), self)
         self.table.setAccessibleName("Released models")
@@ -72,13 +76,15 @@ class ModelDialog(QDialog):
         self.download_button = QPushButton("Download", self)
         self.cancel_button = QPushButton("Cancel download", self)
         self.use_button = QPushButton("Use this model", self)
+        self.remove_button = QPushButton("Remove", self)
         close = QPushButton("Close", self)
         for button, name in ((self.download_button, "Download the model"), (self.cancel_button, "Cancel the download"),
-                             (self.use_button, "Use the model"), (close, "Close")):
+                             (self.use_button, "Use the model"), (self.remove_button, "Remove the model"),
+                             (close, "Close")):
             button.setAccessibleName(name)
 
         buttons = QHBoxLayout()
-        for button in (self.download_button, self.cancel_button, self.use_button):
+        for button in (self.download_button, self.cancel_button, self.use_button, self.remove_button):
             buttons.addWidget(button)
         buttons.addStretch(1)
         buttons.addWidget(close)
@@ -93,12 +99,14 @@ class ModelDialog(QDialog):
         self.download_button.clicked.connect(self.download)
         self.cancel_button.clicked.connect(manager.cancel)
         self.use_button.clicked.connect(self.use)
+        self.remove_button.clicked.connect(self.remove)
         close.clicked.connect(self.close)
         manager.listed.connect(self.show_rows)
         manager.failed.connect(self.status.setText)
         manager.progress.connect(self.on_progress)
         manager.installed.connect(self.on_installed)
         manager.stopped.connect(self.on_stopped)
+        manager.removed.connect(self.on_removed)
         self.update_buttons()
 
     def refresh(self) -> None:
@@ -127,12 +135,16 @@ class ModelDialog(QDialog):
     def update_buttons(self) -> None:
         """The buttons and the state column, after anything changed."""
         for index, listed in enumerate(self.rows):
-            self.table.item(index, len(COLUMNS) - 1).setText(state_of(listed, self.manager.downloading))
+            self.table.item(index, len(COLUMNS) - 1).setText(
+                state_of(listed, self.manager.downloading, self.manager.removing))
         row, busy = self.selected(), self.manager.downloading
         self.download_button.setText("Resume download" if row is not None and row.partial_bytes else "Download")
         self.download_button.setEnabled(row is not None and row.folder is None and busy is None)
         self.cancel_button.setEnabled(busy is not None)
         self.use_button.setEnabled(row is not None and row.folder is not None)
+        self.remove_button.setText("Discard download" if row is not None and row.folder is None else "Remove")
+        self.remove_button.setEnabled(row is not None and (row.folder is not None or row.partial_bytes > 0)
+                                      and row.name != busy and self.manager.removing is None)
 
     def download(self) -> None:
         row = self.selected()
@@ -162,3 +174,25 @@ class ModelDialog(QDialog):
         if row is not None and row.folder is not None:
             self.modelChosen.emit(row.folder)
             self.accept()
+
+    def remove(self) -> None:
+        row = self.selected()
+        if row is None:
+            return
+        if row.folder is not None and row.folder == self.in_use:
+            self.status.setText(f"{row.name} is the model in use: use another one before removing it.")
+            return
+        what = (f"Remove {row.name} ({row.download_gb:.1f} GB)? Using it again means downloading it again."
+                if row.folder is not None else f"Discard the unfinished download of {row.name} "
+                f"({megabytes(row.partial_bytes)})?")
+        if self.confirm(what) and self.manager.remove(row.name):
+            self.status.setText(f"Removing {row.name}…")
+            self.update_buttons()
+
+    def confirm(self, question: str) -> bool:
+        answer = QMessageBox.question(self, "Remove", question)
+        return answer == QMessageBox.StandardButton.Yes
+
+    def on_removed(self, name: str, why: str) -> None:
+        self.status.setText(f"Could not remove {name}: {why}" if why else f"{name} was removed.")
+        self.update_buttons()

@@ -142,12 +142,14 @@ class FakeModelManager(QObject):
     progress = Signal(str, object, object)
     installed = Signal(str, str)
     stopped = Signal(str, str)
+    removed = Signal(str, str)
     failed = Signal(str)
 
     def __init__(self) -> None:
         super().__init__()
         self.refreshes = 0
         self.downloading: str | None = None
+        self.removing: str | None = None
         self.shut = False
 
     def refresh(self) -> None:
@@ -155,6 +157,10 @@ class FakeModelManager(QObject):
 
     def download(self, name: str) -> bool:
         self.downloading = name
+        return True
+
+    def remove(self, name: str) -> bool:
+        self.removing = name
         return True
 
     def cancel(self) -> None:

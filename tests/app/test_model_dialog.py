@@ -98,6 +98,27 @@ def test_cancel_then_resume(qtbot, hub: HubStandIn, tmp_path: Path, managers) ->
     assert store.verify(NAME) == [] and not list((tmp_path / "data").rglob("*.part"))
 
 
+def test_remove_after_asking(qtbot, hub: HubStandIn, tmp_path: Path, managers) -> None:
+    store = ModelStore(tmp_path / "data", endpoint=hub.url, vocoder_url=f"{hub.url}/vocoder")
+    folder = store.download(NAME).folder
+    manager = ModelManager(tmp_path / "data", endpoint=hub.url, vocoder_url=f"{hub.url}/vocoder")
+    dialog = open_dialog(qtbot, manager, managers)
+    assert cells(dialog, 0)[5] == "installed" and dialog.remove_button.isEnabled()
+    asked: list[str] = []
+    dialog.confirm = lambda question: asked.append(question) or False  # the user says no
+    qtbot.mouseClick(dialog.remove_button, LEFT)
+    assert asked == [f"Remove {NAME} (6.6 GB)? Using it again means downloading it again."] and folder.is_dir()
+
+    dialog.confirm = lambda question: True
+    with qtbot.waitSignal(manager.removed, timeout=PROCESS_MS) as removed:
+        qtbot.mouseClick(dialog.remove_button, LEFT)
+        assert cells(dialog, 0)[5] == "removing" and not dialog.remove_button.isEnabled()
+    assert removed.args == [NAME, ""] and dialog.status.text() == f"{NAME} was removed."
+    assert store.installed(NAME) is None and not folder.exists()
+    qtbot.waitUntil(lambda: cells(dialog, 0)[5] == "not downloaded", timeout=PROCESS_MS)  # listed again
+    assert not dialog.remove_button.isEnabled() and dialog.download_button.isEnabled()
+
+
 def test_no_network_is_one_line_in_the_dialog(qtbot, hub: HubStandIn, tmp_path: Path, managers) -> None:
     manager = ModelManager(tmp_path / "data", endpoint="http://127.0.0.1:9", vocoder_url="http://127.0.0.1:9")
     dialog = open_dialog(qtbot, manager, managers)

@@ -137,6 +137,23 @@ def test_the_first_run_opens_the_model_manager_and_a_chosen_model_is_loaded_and_
     assert models.shut  # a running download stops with the window (and resumes next time)
 
 
+def test_the_model_in_use_is_not_removed_and_a_paused_download_can_be_discarded(qtbot, make_window) -> None:
+    window = make_window(model=ModelChoice(MINI.folder, None, None))
+    qtbot.mouseClick(window.models_button, Qt.MouseButton.LeftButton)
+    dialog, models = window.model_dialog, window.models
+    models.listed.emit([MINI, BASE])
+    dialog.confirm = lambda question: True
+    dialog.table.selectRow(0)
+    qtbot.mouseClick(dialog.remove_button, Qt.MouseButton.LeftButton)
+    assert models.removing is None and "is the model in use" in dialog.status.text()
+    dialog.table.selectRow(1)
+    assert dialog.remove_button.text() == "Discard download"
+    qtbot.mouseClick(dialog.remove_button, Qt.MouseButton.LeftButton)
+    assert models.removing == "Lyra-Base-9B" and dialog.table.item(1, 5).text() == "removing"
+    models.removed.emit("Lyra-Base-9B", "permission denied")
+    assert dialog.status.text() == "Could not remove Lyra-Base-9B: permission denied"
+
+
 def test_the_models_button_opens_the_manager_on_a_running_download(qtbot, make_window) -> None:
     window = make_window()
     qtbot.mouseClick(window.models_button, Qt.MouseButton.LeftButton)

@@ -107,6 +107,16 @@ def test_verify_finds_damage_and_remove_forgets(hub: HubStandIn, tmp_path: Path)
         store.remove(NAME)
 
 
+def test_remove_discards_an_unfinished_download(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "data")
+    folder = store.model_folder(NAME)
+    folder.mkdir(parents=True)
+    (folder / "model-00001-of-00002.safetensors.part").write_bytes(b"\0" * 1000)
+    assert store.partial_bytes(NAME) == 1000
+    store.remove(NAME)
+    assert store.partial_bytes(NAME) == 0 and not folder.exists()
+
+
 def test_unknown_model_names_the_choices(tmp_path: Path) -> None:
     with pytest.raises(OmnivoxError, match="Lyra-Mini-3B"):
         ModelStore(tmp_path).download("Lyra-Pro-74B")
