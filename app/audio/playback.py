@@ -24,11 +24,13 @@ from app.audio.devices import Device, choose_device, load_sounddevice, negotiate
 from app.audio.endpointer import SILENT_DB, rms_db
 
 RATE = 16000  # what the engine sends
-# Output blocks of 10 ms, with two blocks of device buffering requested. PortAudio's latency="low"
-# with 20 ms blocks gave ~60 ms from callback to DAC on PulseAudio's ALSA plugin; this gives ~30 ms.
-# Smaller blocks (PortAudio's own choice, 2.5 ms) ran dry with a core busy; 10 ms blocks played
-# gap-free under the same load, as the old setting did.
+# Output blocks of 10 ms, with three blocks of device buffering requested. PortAudio's latency="low"
+# with 20 ms blocks gave ~60 ms from callback to DAC on PulseAudio's ALSA plugin; this gives ~35 ms.
+# Smaller blocks (PortAudio's own choice, 2.5 ms) ran dry with a core busy, and two blocks of
+# buffering now and then fell into a run of hundreds of underruns while the engine started.
 BLOCK_MS = 10
+DEVICE_BLOCKS = 3
+LEVEL_MS = 20  # the echo gate's margins were set with levels over 20 ms: keep that whatever the block
 
 
 class Playback:
@@ -58,6 +60,8 @@ class Playback:
         self.started = False  # playing, as opposed to waiting for the prebuffer
         self.last_sample = 0.0  # where a fade-out on stop starts from
         self.level = SILENT_DB
+        self.level_span = 1  # LEVEL_MS in samples at the device rate, set by open
+        self.recent = np.zeros(0, np.float32)  # the last LEVEL_MS played, for the level
         self.first_sample_time: float | None = None  # clock() when the reply's first sample reaches the speaker
         self.done = threading.Event()  # nothing queued or playing
         self.done.set()
@@ -86,10 +90,11 @@ class Playback:
         self.rate, self.channels = negotiate(self.sd, self.device, "output", "float32", RATE)
         self.prebuffer = self.rate * self.prebuffer_ms // 1000
         self.fade = max(1, int(self.rate * self.fade_ms / 1000))
+        self.level_span = self.rate * LEVEL_MS // 1000
         try:
             self.stream = self.sd.OutputStream(
                 samplerate=self.rate, blocksize=self.rate * self.block_ms // 1000, device=self.device.index,
-                channels=self.channels, dtype="float32", latency=2 * self.block_ms / 1000,
+                channels=self.channels, dtype="float32", latency=DEVICE_BLOCKS * self.block_ms / 1000,
                 callback=self.on_block, finished_callback=self.on_finished,
             )
             self.stream.start()
@@ -178,7 +183,8 @@ class Playback:
         if self.reference is not None:
             self.reference(out, self.rate)
         self.last_sample = float(out[-1])
-        self.level = rms_db(out * 32768) if n else SILENT_DB
+        self.recent = np.concatenate([self.recent, out])[-self.level_span :]
+        self.level = rms_db(self.recent * 32768) if n else SILENT_DB
         if (reply_over or stopped) and not self.in_reply and not self.buffered:
             self.done.set()
 

@@ -90,7 +90,7 @@ def test_reports_level_and_when_the_first_sample_reached_the_speaker() -> None:
     stream.pull(dac_delay=0.03)
     assert playback.first_sample_time == pytest.approx(100.03)  # written now, heard after the device latency
     now[0] = 100.02
-    stream.pull()
+    play_out(stream, 0.02)
     assert playback.first_sample_time == pytest.approx(100.03)  # the first sample, not the latest
     assert playback.level_db == pytest.approx(20 * np.log10(0.5 / np.sqrt(2)), abs=0.5)
 
@@ -119,3 +119,12 @@ def test_close_is_not_a_lost_device() -> None:
     playback, stream = opened(on_notice=notices.append)
     playback.close()
     assert notices == [] and stream.closed
+
+
+def test_the_level_is_over_the_last_20_ms_whatever_the_block() -> None:
+    playback, stream = opened(block_ms=10)
+    sine_then_silence = np.concatenate([np.frombuffer(reply(0.1, amplitude=0.5), "<f4"), np.zeros(800, "<f4")])
+    playback.write(sine_then_silence.tobytes())
+    play_out(stream, 0.11)  # the last 10 ms block is all silence
+    # Half of the 20 ms is sine, half silence: 3 dB under the sine's own level, not the silent block's.
+    assert playback.level_db == pytest.approx(20 * np.log10(0.5 / np.sqrt(2)) - 3.0, abs=0.5)
