@@ -21,6 +21,9 @@ back from the history and reports the median and p90 of each stage:
   audio event transfer, resampling, the jitter buffer's prebuffer, the device's output latency
 - `decision_to_first_sample`: endpoint decision → first sample at the output device (what the user waits
   after the endpointer), and `app_overhead` = that − engine first_audio (goal ≤ 60 ms at the median)
+
+`device_underruns` counts the output underruns ALSA reported in the app's log over the whole run
+(warm-up included): the price a smaller output buffer could have.
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ def run(turns: int, max_new_tokens: int, work: Path, screenshot: Path | None = N
             if number and reply["timings"]["voice_ms"].get("first_audio_played") is not None:
                 measured.append(stages(reply["timings"]))
         if screenshot is not None:  # the window after the last turn, as the user sees it
+            app.find_window()
             g = app.geometry
             Image.fromarray(app.screen.grab()[g.y : g.y + g.height, g.x : g.x + g.width]).save(screenshot)
     if not measured:
@@ -102,6 +106,7 @@ def run(turns: int, max_new_tokens: int, work: Path, screenshot: Path | None = N
     summary = summarise(measured)
     return {
         "turns": len(measured),
+        "device_underruns": (work / "app.log").read_text("utf-8", "replace").count("underrun occurred"),
         "max_new_tokens": max_new_tokens,
         "platform": env.get("QT_QPA_PLATFORM", "xcb"),
         "stages_ms": summary,
@@ -130,6 +135,7 @@ def main() -> int:
         print(f"  {name:<26} median {values['median']:>8.1f}   p90 {values['p90']:>8.1f}")
     print(f"app overhead goal ≤ {OVERHEAD_GOAL_MS:g} ms at the median: "
           f"{'met' if result['app_overhead_goal_met'] else 'not met'}")
+    print(f"output underruns ALSA reported: {result['device_underruns']}")
     return 0
 
 

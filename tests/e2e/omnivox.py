@@ -376,13 +376,17 @@ class Omnivox:
     def wait_ready(self, timeout: float = 90) -> None:
         """The window is on screen, the microphone is open and the engine has loaded the model."""
         self.wait_listening(timeout)
+        self.find_window()
+        self.wait_engine_loaded(timeout)
+
+    def find_window(self) -> None:
+        """Where the app's window is on the X display (xdotool)."""
         found = self.screen.run("xdotool", "search", "--sync", "--onlyvisible", "--pid", str(self.pid),
                                 "--name", "Omnivox").stdout.split()
         self.window = int(found[0])
         shell = self.screen.run("xdotool", "getwindowgeometry", "--shell", str(self.window)).stdout.decode()
         values = dict(line.split("=", 1) for line in shell.split())
         self.geometry = Geometry(int(values["X"]), int(values["Y"]), int(values["WIDTH"]), int(values["HEIGHT"]))
-        self.wait_engine_loaded(timeout)
 
     def wait_listening(self, timeout: float = 90) -> None:
         """The window has been shown and the microphone is open (without looking at the screen)."""
