@@ -24,12 +24,11 @@ from app.audio.devices import Device, choose_device, load_sounddevice, negotiate
 from app.audio.endpointer import SILENT_DB, rms_db
 
 RATE = 16000  # what the engine sends
-# Output blocks of 10 ms, with three blocks of device buffering requested. PortAudio's latency="low"
-# with 20 ms blocks gave ~60 ms from callback to DAC on PulseAudio's ALSA plugin; this gives ~35 ms.
-# Smaller blocks (PortAudio's own choice, 2.5 ms) ran dry with a core busy, and two blocks of
-# buffering now and then fell into a run of hundreds of underruns while the engine started.
-BLOCK_MS = 10
-DEVICE_BLOCKS = 3
+# 20 ms output blocks, and PortAudio's "low" latency: ~60 ms from callback to DAC on PulseAudio's
+# ALSA plugin. Three 10 ms blocks (~35 ms) or two (~30 ms) met the end-to-end latency goal, but
+# under the end-to-end tests' load (OCR, the engine) the plugin fell into runs of hundreds of
+# underruns that cut sound from replies; this setting has not.
+BLOCK_MS = 20
 LEVEL_MS = 20  # the echo gate's margins were set with levels over 20 ms: keep that whatever the block
 
 
@@ -94,7 +93,7 @@ class Playback:
         try:
             self.stream = self.sd.OutputStream(
                 samplerate=self.rate, blocksize=self.rate * self.block_ms // 1000, device=self.device.index,
-                channels=self.channels, dtype="float32", latency=DEVICE_BLOCKS * self.block_ms / 1000,
+                channels=self.channels, dtype="float32", latency="low",
                 callback=self.on_block, finished_callback=self.on_finished,
             )
             self.stream.start()

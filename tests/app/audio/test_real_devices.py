@@ -200,12 +200,3 @@ def test_with_speakers_the_reply_echo_is_no_turn_but_the_user_over_it_is(pulse, 
     else:
         assert during_reply != []  # the gate alone lets an echo this loud through: that is what cancelling is for
 
-
-def test_the_speaker_stream_buffers_little(pulse) -> None:
-    """What the output device buffers is added to every reply's first sample: ask for three blocks."""
-    playback = Playback()
-    assert playback.open() is None
-    try:
-        assert playback.stream.latency <= 0.035  # PortAudio's latency="low" gives 0.04 here
-    finally:
-        playback.close()
