@@ -66,6 +66,7 @@ class Outgoing:
     chunks: list[bytes] = field(default_factory=list)
     rate: int = 16000
     cancelled: bool = False
+    spoken: bool = False  # sent by the voice controller, which plays the reply itself (and stops it on barge-in)
 
 
 class ChatController(QObject):
@@ -127,7 +128,7 @@ class ChatController(QObject):
             self.cancel_reply()
             self.finish(self.running, interrupted=True)
         outgoing = self.show_turn(text, speech)
-        outgoing.png, outgoing.engine_id = png, turn_id
+        outgoing.png, outgoing.engine_id, outgoing.spoken = png, turn_id, True
         if png is not None:
             outgoing.user.image_label = "the picture you were looking at"
             run_in_background(lambda: QImage.fromData(png), lambda image: self.show_image(outgoing.user, image))
@@ -246,7 +247,7 @@ class ChatController(QObject):
             self.reply_view(outgoing)
             outgoing.chunks.append(pcm)
             outgoing.rate = rate
-            if not outgoing.cancelled:
+            if not (outgoing.cancelled or outgoing.spoken):
                 self.replyAudio.emit(pcm, rate)
 
     @Slot(str, dict)

@@ -383,6 +383,14 @@ def test_a_turn_the_voice_controller_sent_itself_is_shown_and_stored(qtbot, make
     assert not stored.interrupted
 
 
+def test_a_spoken_over_reply_stays_silent_when_more_of_it_arrives(make_window) -> None:
+    window = make_window(FakeVoice())
+    window.on_turn_sent("voice1", (tone(0.5) * 32767).astype("<i2").tobytes(), 16000, None)
+    window.on_voice_turn_finished("voice1", {"speech_end": 0.0}, interrupted=True)  # the user spoke over it
+    window.engine.reply("More of it.", turn_id="voice1")  # sent before the engine saw the cancel
+    assert window.voice.played == []  # the voice controller plays its own turns; this one it stopped
+
+
 def test_a_reply_spoken_over_after_the_engine_finished_it_is_stored_as_interrupted(make_window) -> None:
     window = make_window(FakeVoice())
     window.on_turn_sent("voice1", (tone(0.5) * 32767).astype("<i2").tobytes(), 16000, None)
