@@ -272,11 +272,12 @@ class Screen:
         try:
             assert dragger.stdout is not None
             assert dragger.stdout.readline().strip() == "READY", "the drag source did not show its window"
-            self.run("xdotool", "mousemove", "--sync", str(source[0] + 60), str(source[1] + 40), "mousedown", "1")
+            grab_x, grab_y = source[0] + 60, source[1] + 40  # the middle of drag_source.py's 120 × 80 window
+            self.run("xdotool", "mousemove", "--sync", str(grab_x), str(grab_y), "mousedown", "1")
             time.sleep(0.3)  # the drag starts on the press
             for step in range(1, 11):  # XDND follows the pointer: move the way a hand does, not in one jump
-                x = source[0] + 60 + (target[0] - source[0] - 60) * step // 10
-                y = source[1] + 40 + (target[1] - source[1] - 40) * step // 10
+                x = grab_x + (target[0] - grab_x) * step // 10
+                y = grab_y + (target[1] - grab_y) * step // 10
                 self.run("xdotool", "mousemove", "--sync", str(x), str(y))
                 time.sleep(0.05)
             time.sleep(0.3)  # the target has answered the last position

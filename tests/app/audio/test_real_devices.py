@@ -199,4 +199,3 @@ def test_with_speakers_the_reply_echo_is_no_turn_but_the_user_over_it_is(pulse, 
         assert user_turns[0].end_t - user_turns[0].start_t == pytest.approx(spoken[1], abs=0.5)
     else:
         assert during_reply != []  # the gate alone lets an echo this loud through: that is what cancelling is for
-
