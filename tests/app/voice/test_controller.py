@@ -539,6 +539,9 @@ def test_an_echo_canceller_takes_the_reply_out_of_the_mic_where_the_gate_alone_w
     assert rig.controller.start()
     rig.say(np.concatenate([quiet(0.5), speech(1.0), quiet(1.2)]))
     rig.wait_requests(1)
+    # The stand-in pairs played and heard chunks in order: the question's quiet tail must be in
+    # before anything plays, or a late quiet frame would take the first echo's place.
+    rig.heard_all()
     rig.engine.textDelta.emit("t1", "It is ")
     rig.engine.audioChunk.emit("t1", voice_reply(2.0), 16000)
     rig.wait_state("speaking")
