@@ -447,6 +447,7 @@ class VoiceController(QObject):
         played = self.playback.first_sample_time
         if turn.reply_audio and played is not None and played >= turn.request_sent:
             turn.first_audio_played = played
+        self.playback.settle()
         self.turnFinished.emit(turn.id, turn.record(interrupted, error))
 
     # ---- helpers --------------------------------------------------------------------------------

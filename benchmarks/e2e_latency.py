@@ -23,7 +23,8 @@ back from the history and reports the median and p90 of each stage:
   after the endpointer), and `app_overhead` = that − engine first_audio (goal ≤ 60 ms at the median)
 
 `device_underruns` counts the output underruns ALSA reported in the app's log over the whole run
-(warm-up included): the price a smaller output buffer could have.
+(warm-up included), and `output_buffer_grown` the times the app moved the speaker to a bigger output
+buffer after a reply it ran short in (the turns after that one are measured with the bigger buffer).
 """
 
 from __future__ import annotations
@@ -104,9 +105,11 @@ def run(turns: int, max_new_tokens: int, work: Path, screenshot: Path | None = N
     if not measured:
         raise RuntimeError("no turn reached the speaker")
     summary = summarise(measured)
+    log = (work / "app.log").read_text("utf-8", "replace")
     return {
         "turns": len(measured),
-        "device_underruns": (work / "app.log").read_text("utf-8", "replace").count("underrun occurred"),
+        "device_underruns": log.count("underrun occurred"),
+        "output_buffer_grown": log.count("the speaker ran short"),
         "max_new_tokens": max_new_tokens,
         "platform": env.get("QT_QPA_PLATFORM", "xcb"),
         "stages_ms": summary,
@@ -135,7 +138,8 @@ def main() -> int:
         print(f"  {name:<26} median {values['median']:>8.1f}   p90 {values['p90']:>8.1f}")
     print(f"app overhead goal ≤ {OVERHEAD_GOAL_MS:g} ms at the median: "
           f"{'met' if result['app_overhead_goal_met'] else 'not met'}")
-    print(f"output underruns ALSA reported: {result['device_underruns']}")
+    print(f"output underruns ALSA reported: {result['device_underruns']}; "
+          f"output buffer grown {result['output_buffer_grown']} times")
     return 0
 
 

@@ -338,7 +338,25 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+# The engine's compute is bulk work beside the app's real-time audio: on a machine whose cores the
+# model fills (a CPU, or a GPU run's tokenizer and vocoder), the app's speaker callback and
+# listener must still run on time. Like a build an IDE starts, the engine yields to them.
+BACKGROUND_NICENESS = 10
+
+
+def yield_to_the_desktop() -> None:
+    """Lower this process's CPU priority below the app's (the app, and everything else, keeps its own)."""
+    if hasattr(os, "nice"):
+        os.nice(BACKGROUND_NICENESS)
+    elif sys.platform == "win32":
+        import ctypes  # noqa: PLC0415 - Windows only
+
+        below_normal = 0x4000  # BELOW_NORMAL_PRIORITY_CLASS
+        ctypes.windll.kernel32.SetPriorityClass(ctypes.windll.kernel32.GetCurrentProcess(), below_normal)
+
+
 def main(argv: list[str] | None = None) -> int:
+    yield_to_the_desktop()
     parser = argparse.ArgumentParser(prog="python -m engine.server", description="The Omnivox engine process.")
     parser.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 0),
                         help="HOST:PORT to accept the app on (default 127.0.0.1:0, a free port)")

@@ -6,15 +6,20 @@ queues them; the output callback only copies queued samples out. It never waits 
 when the queue runs dry it fades out over a few milliseconds and plays silence, then waits
 for `prebuffer_ms` to be queued again before fading back in, so a slow engine gives a short
 gap rather than a click or a stutter. `stop` (barge-in) silences the output at the next block.
+
+The stream opens with the smallest of `OUTPUT_BUFFERS`; `settle`, called between replies, moves a
+speaker that ran short during a reply to the next bigger one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
@@ -23,22 +28,38 @@ import soxr
 from app.audio.devices import Device, choose_device, load_sounddevice, negotiate
 from app.audio.endpointer import SILENT_DB, rms_db
 
+log = logging.getLogger("omnivox.audio")
+
 RATE = 16000  # what the engine sends
-# 20 ms output blocks, and PortAudio's "low" latency: ~60 ms from callback to DAC on PulseAudio's
-# ALSA plugin. Three 10 ms blocks (~35 ms) or two (~30 ms) met the end-to-end latency goal, but
-# under the end-to-end tests' load (OCR, the engine) the plugin fell into runs of hundreds of
-# underruns that cut sound from replies; this setting has not.
-BLOCK_MS = 20
 LEVEL_MS = 20  # the echo gate's margins were set with levels over 20 ms: keep that whatever the block
 
 
+@dataclass(frozen=True)
+class OutputBuffer:
+    """How the output stream is opened: PortAudio's block size and suggested latency."""
+
+    block_ms: int
+    latency: float | str
+
+
+# Smallest first. Three 10 ms blocks put a sample ~35 ms from callback to DAC on PulseAudio's ALSA
+# plugin, which keeps the app's share of the reply latency within its 60 ms goal; 20 ms blocks at
+# "low" take ~60 ms. A speaker that runs short with the small buffer (a busy machine: the plugin can
+# fall into runs of hundreds of underruns) moves to the bigger one between replies, never mid-reply:
+# reopening stalls the plugin for ~1.9 s.
+OUTPUT_BUFFERS = (OutputBuffer(10, 0.03), OutputBuffer(20, "low"))
+UNDERRUNS_TO_GROW = 2  # in one reply; a lone one is common (a stream's first blocks) and inaudible
+
+
 class Playback:
-    def __init__(self, sd: ModuleType | None = None, remembered: str | None = None, *, block_ms: int = BLOCK_MS,
-                 prebuffer_ms: int = 80, fade_ms: float = 5.0, on_notice: Callable[[str], None] | None = None,
+    def __init__(self, sd: ModuleType | None = None, remembered: str | None = None, *,
+                 buffers: tuple[OutputBuffer, ...] = OUTPUT_BUFFERS, prebuffer_ms: int = 80, fade_ms: float = 5.0,
+                 on_notice: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.sd = sd if sd is not None else load_sounddevice()  # None without PortAudio: "no device" notices
         self.remembered = remembered
-        self.block_ms, self.prebuffer_ms, self.fade_ms = block_ms, prebuffer_ms, fade_ms
+        self.buffers, self.prebuffer_ms, self.fade_ms = buffers, prebuffer_ms, fade_ms
+        self.buffer = buffers[0]  # the one the stream is open with
         self.on_notice = on_notice  # called from PortAudio's thread when the device goes away
         # Called from PortAudio's thread with each block as played (float32 mono) and the device
         # rate: the echo canceller's reference. It must only queue.
@@ -48,13 +69,13 @@ class Playback:
         self.rate, self.channels = RATE, 1
         self.prebuffer = self.fade = 0  # in samples at the device rate, set by open
         self.stream = None
-        self.closing = False
         # Shared with the audio callback, under `lock`; held only to move samples in or out.
         self.lock = threading.Lock()
         self.chunks: deque[np.ndarray] = deque()
         self.buffered = 0  # samples queued, at the device rate
         self.finishing = False  # the reply's last chunk is queued: play it out without waiting to prebuffer
         self.stop_requested = False
+        self.underruns = 0  # the device ran short while a reply played, since the last `settle`
         # Written by the callback only.
         self.started = False  # playing, as opposed to waiting for the prebuffer
         self.last_sample = 0.0  # where a fade-out on stop starts from
@@ -90,17 +111,41 @@ class Playback:
         self.prebuffer = self.rate * self.prebuffer_ms // 1000
         self.fade = max(1, int(self.rate * self.fade_ms / 1000))
         self.level_span = self.rate * LEVEL_MS // 1000
-        try:
-            self.stream = self.sd.OutputStream(
-                samplerate=self.rate, blocksize=self.rate * self.block_ms // 1000, device=self.device.index,
-                channels=self.channels, dtype="float32", latency="low",
-                callback=self.on_block, finished_callback=self.on_finished,
-            )
-            self.stream.start()
-        except Exception as error:  # PortAudioError, or a device that vanished between listing and opening
-            self.stream = None
+        if error := self.start_stream():
             return f"Could not open the speaker “{self.device.stable_name}”: {error}. Replies are text only."
         return notice
+
+    def start_stream(self) -> str | None:
+        """Open and start the output stream on the chosen device with `self.buffer`; the error, if any."""
+        assert self.device is not None
+        try:
+            stream = self.sd.OutputStream(
+                samplerate=self.rate, blocksize=self.rate * self.buffer.block_ms // 1000, device=self.device.index,
+                channels=self.channels, dtype="float32", latency=self.buffer.latency,
+                callback=self.on_block, finished_callback=lambda: self.on_finished(stream),
+            )
+            self.stream = stream
+            stream.start()
+        except Exception as error:  # PortAudioError, or a device that vanished between listing and opening
+            self.stream = None
+            return str(error)
+        return None
+
+    def settle(self) -> None:
+        """Between replies: if the speaker ran short in the last one, reopen it with the next bigger buffer."""
+        if self.stream is None or self.playing:  # (a stopped reply still fading out: the next call decides)
+            return
+        with self.lock:
+            underruns, self.underruns = self.underruns, 0
+        bigger = self.buffers[self.buffers.index(self.buffer) + 1 :]
+        if underruns < UNDERRUNS_TO_GROW or not bigger:
+            return
+        log.warning("the speaker ran short %d times in a reply: reopening it with %d ms blocks, latency %s",
+                 underruns, bigger[0].block_ms, bigger[0].latency)
+        self.close()
+        self.buffer = bigger[0]
+        if error := self.start_stream():
+            self.notify(f"Could not reopen the speaker: {error}. Replies are text only.")
 
     def write(self, pcm: bytes) -> None:
         """Queue a chunk of the reply: float32 little-endian, 16 kHz mono. Dropped when there is no speaker."""
@@ -140,11 +185,10 @@ class Playback:
         return self.done.wait(timeout)
 
     def close(self) -> None:
-        self.closing = True
-        if self.stream is not None:
+        stream, self.stream = self.stream, None  # no longer ours: its end is not a lost device
+        if stream is not None:
             with contextlib.suppress(Exception):  # closing a stream whose device is gone can fail; it is closed anyway
-                self.stream.close()
-            self.stream = None
+                stream.close()
         self.done.set()
 
     def enqueue(self, audio: np.ndarray) -> None:
@@ -156,6 +200,8 @@ class Playback:
     def on_block(self, outdata: np.ndarray, frames: int, time, status) -> None:
         out = np.zeros(frames, np.float32)
         with self.lock:
+            if status.output_underflow and self.started:
+                self.underruns += 1
             stopped, self.stop_requested = self.stop_requested, False
             if stopped:
                 self.started = False
@@ -202,10 +248,14 @@ class Playback:
         self.buffered -= n
         return n
 
-    def on_finished(self) -> None:
-        if self.closing:
+    def on_finished(self, stream) -> None:
+        """PortAudio's thread: `stream` ended. Unless we closed it, its device went away."""
+        if stream is not self.stream:
             return
         self.stream = None
         self.done.set()
+        self.notify("The speaker stopped (unplugged?). Replies are text only.")
+
+    def notify(self, notice: str) -> None:
         if self.on_notice is not None:
-            self.on_notice("The speaker stopped (unplugged?). Replies are text only.")
+            self.on_notice(notice)

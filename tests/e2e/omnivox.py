@@ -230,7 +230,10 @@ class Screen:
         crop = crop.resize((crop.width * scale, crop.height * scale), Image.Resampling.LANCZOS)
         if np.asarray(crop).mean() < 128:  # light text on a dark theme
             crop = Image.fromarray(255 - np.asarray(crop))
-        tsv = subprocess.run(["tesseract", "stdin", "stdout", "--psm", "11", "tsv"], input=png_bytes(crop),
+        # The reader must not starve the app it watches: one thread (OpenMP's spinning workers
+        # would take both cores) at the lowest priority.
+        tsv = subprocess.run(["nice", "-n", "19", "tesseract", "stdin", "stdout", "--psm", "11", "tsv"],
+                             input=png_bytes(crop), env={**os.environ, "OMP_THREAD_LIMIT": "1"},
                              capture_output=True, check=True, timeout=60).stdout.decode("utf-8", "replace")
         words = []
         for line in tsv.splitlines()[1:]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import struct
 import subprocess
@@ -27,6 +28,7 @@ from engine.protocol import (
     encode_frame,
     read_frame,
 )
+from engine.server import BACKGROUND_NICENESS
 from tests.signals import tone
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,6 +110,8 @@ def png(size: int, seed: int) -> bytes:
 def test_engine_is_alive_at_once_and_imports_no_torch_until_a_model(bare_engine: EngineProcess) -> None:
     assert bare_engine.ready[0]["type"] == "ready" and bare_engine.ready[0]["protocol"] == PROTOCOL_VERSION
     assert bare_engine.ready[0]["pid"] == bare_engine.process.pid
+    # Below the app's priority, so the model's compute cannot starve the app's audio.
+    assert os.getpriority(os.PRIO_PROCESS, bare_engine.process.pid) == min(19, os.nice(0) + BACKGROUND_NICENESS)
     bare_engine.request("ping", "p1")
     assert bare_engine.next()[0] == {"type": "pong", "id": "p1", "v": PROTOCOL_VERSION, "payload_size": 0}
     code = "import sys, engine.server; print('torch' in sys.modules)"

@@ -20,7 +20,7 @@ class FakeStream:
     def __init__(self, kind: str, samplerate, blocksize, device, channels, dtype, latency, callback,
                  finished_callback) -> None:
         self.kind, self.samplerate, self.blocksize, self.device = kind, samplerate, blocksize, device
-        self.channels, self.dtype = channels, dtype
+        self.channels, self.dtype, self.latency = channels, dtype, latency
         self.callback, self.finished_callback = callback, finished_callback
         self.started = self.closed = False
 
@@ -35,11 +35,12 @@ class FakeStream:
         """An input block arrives from the device."""
         self.callback(block, len(block), None, None)
 
-    def pull(self, frames: int | None = None, dac_delay: float = 0.0) -> np.ndarray:
-        """The device asks for the next output block."""
+    def pull(self, frames: int | None = None, dac_delay: float = 0.0, underflow: bool = False) -> np.ndarray:
+        """The device asks for the next output block (after running short, with `underflow`)."""
         frames = frames or self.blocksize
         out = np.full((frames, self.channels), np.nan, np.float32)  # NaN shows any sample left unwritten
-        self.callback(out, frames, SimpleNamespace(currentTime=10.0, outputBufferDacTime=10.0 + dac_delay), None)
+        self.callback(out, frames, SimpleNamespace(currentTime=10.0, outputBufferDacTime=10.0 + dac_delay),
+                      SimpleNamespace(output_underflow=underflow))
         return out
 
     def fail(self) -> None:
@@ -80,5 +81,6 @@ class FakeSoundDevice:
         return self.streams[-1]
 
     def OutputStream(self, **kwargs) -> FakeStream:  # noqa: N802 - sounddevice's name
+        self.check(kwargs["device"], kwargs["channels"], kwargs["samplerate"])
         self.streams.append(FakeStream("output", **kwargs))
         return self.streams[-1]

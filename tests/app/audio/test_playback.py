@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from app.audio.endpointer import SILENT_DB
-from app.audio.playback import Playback
+from app.audio.playback import OutputBuffer, Playback
 from tests.app.audio.fake_sounddevice import FakeSoundDevice, device
 
 
@@ -122,9 +122,80 @@ def test_close_is_not_a_lost_device() -> None:
 
 
 def test_the_level_is_over_the_last_20_ms_whatever_the_block() -> None:
-    playback, stream = opened(block_ms=10)
+    playback, stream = opened(buffers=(OutputBuffer(10, 0.03),))
     sine_then_silence = np.concatenate([np.frombuffer(reply(0.1, amplitude=0.5), "<f4"), np.zeros(800, "<f4")])
     playback.write(sine_then_silence.tobytes())
     play_out(stream, 0.11)  # the last 10 ms block is all silence
     # Half of the 20 ms is sine, half silence: 3 dB under the sine's own level, not the silent block's.
     assert playback.level_db == pytest.approx(20 * np.log10(0.5 / np.sqrt(2)) - 3.0, abs=0.5)
+
+
+SMALL, BIG = OutputBuffer(10, 0.03), OutputBuffer(20, "low")
+
+
+def played_with_underflows(underflows: int) -> tuple[Playback, FakeSoundDevice, list[str]]:
+    """A reply played on the small buffer, the device running short `underflows` times while it sounded."""
+    notices: list[str] = []
+    sd = FakeSoundDevice([device("speaker", outputs=2, rate=48000)])
+    playback = Playback(sd, buffers=(SMALL, BIG), on_notice=notices.append)
+    assert playback.open() is None
+    stream = sd.streams[0]
+    stream.pull(underflow=True)  # before the reply: the stream's start, not a cut in a reply
+    playback.write(reply(0.3))
+    playback.finish()
+    stream.pull()  # the reply's first block
+    for block in range(40):
+        stream.pull(underflow=block < underflows)
+    assert not playback.playing
+    return playback, sd, notices
+
+
+def test_a_speaker_that_runs_short_in_a_reply_gets_the_bigger_buffer_before_the_next() -> None:
+    playback, sd, notices = played_with_underflows(2)
+    small_stream = sd.streams[0]
+    assert (small_stream.blocksize, small_stream.latency) == (160, 0.03)  # 10 ms at 16 kHz
+    playback.settle()
+    assert small_stream.closed and len(sd.streams) == 2 and notices == []  # closing it is no lost device
+    big_stream = sd.streams[1]
+    assert (big_stream.blocksize, big_stream.latency, big_stream.started) == (320, "low", True)
+    assert playback.buffer == BIG and playback.stream is big_stream
+    playback.write(reply(0.1))
+    playback.finish()
+    out = np.concatenate([big_stream.pull() for _ in range(10)])
+    assert np.abs(out).max() == pytest.approx(0.5, abs=0.01)  # the next reply plays on the new stream
+    playback.settle()
+    assert len(sd.streams) == 2  # no bigger buffer to move to
+
+
+def test_a_lone_underrun_keeps_the_small_buffer() -> None:
+    playback, sd, _ = played_with_underflows(1)
+    playback.settle()
+    assert len(sd.streams) == 1 and playback.buffer == SMALL
+    # The count starts again with each reply: one more now is still a lone one.
+    playback.write(reply(0.3))
+    playback.finish()
+    for block in range(40):
+        sd.streams[0].pull(underflow=block == 1)
+    playback.settle()
+    assert len(sd.streams) == 1
+
+
+def test_the_buffer_never_changes_while_a_reply_plays() -> None:
+    playback, sd, _ = played_with_underflows(2)
+    stream = sd.streams[0]
+    playback.write(reply(1.0))
+    stream.pull()
+    playback.settle()  # mid-reply: reopening would stall the speaker
+    assert len(sd.streams) == 1 and not stream.closed
+    playback.stop()
+    stream.pull()
+    playback.settle()  # now quiet, and the count was kept
+    assert len(sd.streams) == 2 and playback.buffer == BIG
+
+
+def test_a_speaker_that_will_not_reopen_says_so() -> None:
+    playback, sd, notices = played_with_underflows(2)
+    sd.supported = set()  # the device vanished between replies
+    playback.settle()
+    assert not playback.available
+    assert notices == ["Could not reopen the speaker: Invalid sample rate. Replies are text only."]

@@ -105,7 +105,7 @@ class WatchedPlayback(Playback):
     """Notes when each output block was written and its peak."""
 
     def __init__(self) -> None:
-        super().__init__(block_ms=20)
+        super().__init__()
         self.blocks: list[tuple[float, float]] = []
 
     def on_block(self, outdata, frames, time_info, status) -> None:

@@ -20,7 +20,7 @@ from PySide6.QtCore import QObject, Signal  # noqa: E402
 from app.audio.capture import Capture  # noqa: E402
 from app.audio.echo import CANCELLED_DB, EchoCanceller  # noqa: E402
 from app.audio.endpointer import ECHO_GAIN_DB, PRESETS, Level, SpeechEnded, SpeechStarted  # noqa: E402
-from app.audio.playback import Playback  # noqa: E402
+from app.audio.playback import OutputBuffer, Playback  # noqa: E402
 from app.voice_controller import Heard, LevelThrottle, VoiceController, VoiceSettings, WindowVoice  # noqa: E402
 from tests.app.audio.fake_sounddevice import FakeSoundDevice, device  # noqa: E402
 from tests.app.audio.test_endpointer import quiet, speech  # noqa: E402
@@ -83,14 +83,15 @@ def reply(seconds: float, rate: int = 16000, amplitude: float = 0.05) -> bytes:
 
 
 class Rig:
-    def __init__(self, qtbot, *, microphone: bool = True, echo: EchoCanceller | None = None, **settings) -> None:
+    def __init__(self, qtbot, *, microphone: bool = True, echo: EchoCanceller | None = None,
+                 buffers: tuple[OutputBuffer, ...] = (OutputBuffer(20, "low"),), **settings) -> None:
         self.qtbot = qtbot
         devices = [device("speaker", outputs=1, rate=16000)] + ([device("mic", inputs=1, rate=16000)] * microphone)
         self.sd = FakeSoundDevice(devices, default=(1 if microphone else -1, 0))
         self.clock = Clock()
         self.engine = FakeEngine()
         self.frame: bytes | None = b"frame 1"
-        self.playback = Playback(self.sd, clock=self.clock)
+        self.playback = Playback(self.sd, clock=self.clock, buffers=buffers)
         self.controller = VoiceController(self.engine, self.playback, lambda: Capture(self.sd), lambda: self.frame,
                                           settings=VoiceSettings(**settings), clock=self.clock,
                                           echo_canceller=lambda: echo)
@@ -250,6 +251,23 @@ def test_barge_in_stops_the_reply_cancels_it_and_the_new_speech_is_the_next_turn
     assert rig.states == ["listening", "user speaking", "thinking", "speaking", "user speaking", "thinking"]
     rig.engine.textDelta.emit("t1", "late words of the cancelled reply")
     assert rig.texts == [("t1", "It is ")]
+
+
+def test_a_reply_the_speaker_ran_short_in_moves_it_to_the_bigger_buffer_once_the_turn_is_over(make_rig) -> None:
+    rig = make_rig(buffers=(OutputBuffer(20, 0.03), OutputBuffer(20, "low")))
+    assert rig.controller.start()
+    rig.say(np.concatenate([quiet(0.5), speech(1.0), quiet(1.2)]))
+    rig.wait_requests(1)
+    rig.reply_spoken("t1")
+    speaker = rig.stream("output")
+    speaker.pull(underflow=True)
+    speaker.pull(underflow=True)
+    assert speaker.latency == 0.03 and not speaker.closed  # never mid-reply
+    rig.engine.turnDone.emit("t1", {"text": "It is ", "cancelled": False})
+    rig.play_out()
+    rig.wait_state("listening")
+    assert speaker.closed and rig.sd.streams[-1].latency == "low" and rig.sd.streams[-1].started
+    assert rig.notices == []
 
 
 def test_with_barge_in_off_speech_over_the_reply_is_ignored(make_rig) -> None:
