@@ -44,11 +44,10 @@ class OutputBuffer:
 
 # Smallest first. Three 10 ms blocks put a sample ~35 ms from callback to DAC on PulseAudio's ALSA
 # plugin, which keeps the app's share of the reply latency within its 60 ms goal; 20 ms blocks at
-# "low" take ~60 ms. A speaker that runs short with the small buffer (a busy machine: the plugin can
-# fall into runs of hundreds of underruns) moves to the bigger one between replies, never mid-reply:
-# reopening stalls the plugin for ~1.9 s.
+# "low" take ~60 ms. A speaker that runs short while a reply sounds moves to the next bigger buffer
+# between replies. Never mid-reply: reopening stalls the plugin for ~1.9 s — as does every underrun
+# on it (no callbacks for ~1.9 s after the recovery), which is why a single one is enough to grow.
 OUTPUT_BUFFERS = (OutputBuffer(10, 0.03), OutputBuffer(20, "low"))
-UNDERRUNS_TO_GROW = 2  # in one reply; a lone one is common (a stream's first blocks) and inaudible
 
 
 class Playback:
@@ -75,7 +74,7 @@ class Playback:
         self.buffered = 0  # samples queued, at the device rate
         self.finishing = False  # the reply's last chunk is queued: play it out without waiting to prebuffer
         self.stop_requested = False
-        self.underruns = 0  # the device ran short while a reply played, since the last `settle`
+        self.underruns = 0  # the device ran short while a reply sounded, since the last `settle`
         # Written by the callback only.
         self.started = False  # playing, as opposed to waiting for the prebuffer
         self.last_sample = 0.0  # where a fade-out on stop starts from
@@ -138,10 +137,10 @@ class Playback:
         with self.lock:
             underruns, self.underruns = self.underruns, 0
         bigger = self.buffers[self.buffers.index(self.buffer) + 1 :]
-        if underruns < UNDERRUNS_TO_GROW or not bigger:
+        if not underruns or not bigger:
             return
         log.warning("the speaker ran short %d times in a reply: reopening it with %d ms blocks, latency %s",
-                 underruns, bigger[0].block_ms, bigger[0].latency)
+                    underruns, bigger[0].block_ms, bigger[0].latency)
         self.close()
         self.buffer = bigger[0]
         if error := self.start_stream():

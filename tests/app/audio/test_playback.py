@@ -133,25 +133,27 @@ def test_the_level_is_over_the_last_20_ms_whatever_the_block() -> None:
 SMALL, BIG = OutputBuffer(10, 0.03), OutputBuffer(20, "low")
 
 
-def played_with_underflows(underflows: int) -> tuple[Playback, FakeSoundDevice, list[str]]:
-    """A reply played on the small buffer, the device running short `underflows` times while it sounded."""
+def played(underflow_while_sounding: bool) -> tuple[Playback, FakeSoundDevice, list[str]]:
+    """A reply played on the small buffer; the device runs short before it, after it, and maybe during it."""
     notices: list[str] = []
     sd = FakeSoundDevice([device("speaker", outputs=2, rate=48000)])
     playback = Playback(sd, buffers=(SMALL, BIG), on_notice=notices.append)
     assert playback.open() is None
     stream = sd.streams[0]
-    stream.pull(underflow=True)  # before the reply: the stream's start, not a cut in a reply
+    stream.pull(underflow=True)  # the stream's start: nothing to cut
     playback.write(reply(0.3))
     playback.finish()
     stream.pull()  # the reply's first block
-    for block in range(40):
-        stream.pull(underflow=block < underflows)
+    stream.pull(underflow=underflow_while_sounding)
+    for _ in range(40):
+        stream.pull()
     assert not playback.playing
+    stream.pull(underflow=True)  # silence between replies: nothing to cut either
     return playback, sd, notices
 
 
-def test_a_speaker_that_runs_short_in_a_reply_gets_the_bigger_buffer_before_the_next() -> None:
-    playback, sd, notices = played_with_underflows(2)
+def test_a_speaker_that_ran_short_in_a_reply_gets_the_bigger_buffer_before_the_next() -> None:
+    playback, sd, notices = played(underflow_while_sounding=True)
     small_stream = sd.streams[0]
     assert (small_stream.blocksize, small_stream.latency) == (160, 0.03)  # 10 ms at 16 kHz
     playback.settle()
@@ -163,25 +165,19 @@ def test_a_speaker_that_runs_short_in_a_reply_gets_the_bigger_buffer_before_the_
     playback.finish()
     out = np.concatenate([big_stream.pull() for _ in range(10)])
     assert np.abs(out).max() == pytest.approx(0.5, abs=0.01)  # the next reply plays on the new stream
+    big_stream.pull(underflow=True)
     playback.settle()
     assert len(sd.streams) == 2  # no bigger buffer to move to
 
 
-def test_a_lone_underrun_keeps_the_small_buffer() -> None:
-    playback, sd, _ = played_with_underflows(1)
+def test_underruns_while_no_reply_sounds_keep_the_small_buffer() -> None:
+    playback, sd, _ = played(underflow_while_sounding=False)
     playback.settle()
     assert len(sd.streams) == 1 and playback.buffer == SMALL
-    # The count starts again with each reply: one more now is still a lone one.
-    playback.write(reply(0.3))
-    playback.finish()
-    for block in range(40):
-        sd.streams[0].pull(underflow=block == 1)
-    playback.settle()
-    assert len(sd.streams) == 1
 
 
 def test_the_buffer_never_changes_while_a_reply_plays() -> None:
-    playback, sd, _ = played_with_underflows(2)
+    playback, sd, _ = played(underflow_while_sounding=True)
     stream = sd.streams[0]
     playback.write(reply(1.0))
     stream.pull()
@@ -194,7 +190,7 @@ def test_the_buffer_never_changes_while_a_reply_plays() -> None:
 
 
 def test_a_speaker_that_will_not_reopen_says_so() -> None:
-    playback, sd, notices = played_with_underflows(2)
+    playback, sd, notices = played(underflow_while_sounding=True)
     sd.supported = set()  # the device vanished between replies
     playback.settle()
     assert not playback.available

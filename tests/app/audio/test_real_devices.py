@@ -23,7 +23,7 @@ from app.audio.capture import Capture
 from app.audio.echo import CANCELLED_DB, make_echo_canceller
 from app.audio.endpointer import ECHO_GAIN_DB, Endpointer, SpeechEnded, SpeechStarted
 from app.audio.listener import Listener
-from app.audio.playback import Playback
+from app.audio.playback import OUTPUT_BUFFERS, Playback
 from tests.e2e_env import pulseaudio, spoken_question
 
 
@@ -199,3 +199,50 @@ def test_with_speakers_the_reply_echo_is_no_turn_but_the_user_over_it_is(pulse, 
         assert user_turns[0].end_t - user_turns[0].start_t == pytest.approx(spoken[1], abs=0.5)
     else:
         assert during_reply != []  # the gate alone lets an echo this loud through: that is what cancelling is for
+
+
+class StallingPlayback(Playback):
+    """A busy machine: once a reply sounds, the audio callback comes back late, once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = 0
+        self.stalled = False
+
+    def on_block(self, outdata, frames, time_info, status) -> None:
+        self.blocks += 1
+        super().on_block(outdata, frames, time_info, status)
+        if self.started and not self.stalled:
+            self.stalled = True
+            time.sleep(0.1)  # more than the small buffer holds
+
+
+def test_a_speaker_that_ran_short_in_a_reply_is_reopened_with_the_bigger_buffer(pulse) -> None:
+    playback = StallingPlayback()
+    assert playback.open() is None and playback.buffer == OUTPUT_BUFFERS[0]
+    deadline = time.monotonic() + 10  # past the plugin's start-up stall: the device asks in real time
+    while playback.blocks < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    t = np.arange(16000) / 16000
+    sine = (0.3 * np.sin(2 * np.pi * 330 * t)).astype("<f4")
+    try:
+        playback.write(sine.tobytes())
+        playback.finish()
+        assert playback.wait_done(10)
+        assert playback.underruns == 1  # PortAudio flagged the late block
+        small_stream = playback.stream
+        playback.settle()
+        assert playback.buffer == OUTPUT_BUFFERS[1] and playback.stream is not small_stream
+        assert playback.stream.active and playback.stream.latency > small_stream.latency
+        recorder = Recorder(pulse)
+        try:
+            playback.write(sine[:8000].tobytes())  # the next reply, on the new stream
+            playback.finish()
+            assert playback.wait_done(10)
+            time.sleep(0.3)
+        finally:
+            recorded = recorder.stop()
+    finally:
+        playback.close()
+    loud = np.abs(recorded) > 0.1 * 32768 * 0.3  # a sine is above 10 % of its peak 94 % of the time
+    assert loud.sum() / 16000 == pytest.approx(0.5 * 0.94, abs=0.1)
