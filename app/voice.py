@@ -54,7 +54,8 @@ class VoiceController(Protocol):
     def press_to_talk(self) -> None: ...  # Space held (push-to-talk)
     def release_to_talk(self) -> None: ...
     def play(self, pcm: bytes, rate: int) -> None: ...  # reply audio as it streams: float32 LE mono
-    def stop_playback(self) -> None: ...  # stop button, or the reply was cancelled
+    def stop_playback(self) -> None: ...  # stop button
+    def end_playback(self, interrupted: bool) -> None: ...  # a reply ended: play out the rest, or cut it
     def apply_preferences(self, prefs: Preferences) -> None: ...  # devices, sensitivity, barge-in, output
     def shutdown(self) -> None: ...
 

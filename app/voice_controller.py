@@ -509,6 +509,12 @@ class WindowVoice(QObject):
     def stop_playback(self) -> None:
         self.controller.stop()  # silences the speaker whichever turn it was playing
 
+    def end_playback(self, interrupted: bool) -> None:
+        if interrupted:
+            self.stop_playback()
+        elif self.controller.turn is None:  # a typed reply (the controller ends its own): play out its tail
+            self.controller.playback.finish()
+
     def apply_preferences(self, prefs: Preferences) -> None:
         self.controller.set_sensitivity(prefs.vad_sensitivity)
         self.controller.set_headphones(prefs.output == "headphones")

@@ -201,7 +201,7 @@ class MainWindow(QMainWindow):
         chat.notice.connect(self.show_notice)
         if self.voice is not None:
             chat.replyAudio.connect(self.voice.play)
-            chat.replyEnded.connect(lambda interrupted: self.voice.stop_playback() if interrupted else None)
+            chat.replyEnded.connect(self.voice.end_playback)
 
         engine.ready.connect(lambda: self.set_engine_status("ready" if self.model is None else "loading the model…"))
         engine.progress.connect(lambda stage, fraction: self.set_engine_status(f"{stage} ({fraction:.0%})"))

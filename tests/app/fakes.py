@@ -107,6 +107,7 @@ class FakeVoice:
     pushes: list[str] = field(default_factory=list)
     played: list[bytes] = field(default_factory=list)
     stops: int = 0
+    ends: list[bool] = field(default_factory=list)  # end_playback's interrupted
     prefs: list = field(default_factory=list)
     shut: bool = False
 
@@ -127,6 +128,9 @@ class FakeVoice:
 
     def stop_playback(self) -> None:
         self.stops += 1
+
+    def end_playback(self, interrupted: bool) -> None:
+        self.ends.append(interrupted)
 
     def apply_preferences(self, prefs: object) -> None:
         self.prefs.append(prefs)

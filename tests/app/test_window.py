@@ -288,7 +288,7 @@ def test_stop_cancels_the_reply_which_is_stored_as_interrupted(qtbot, make_windo
     reply = window.store.turns(window.chat.conversation.id)[-1]
     assert reply.interrupted and reply.text.startswith("Once upon")
     assert list(window.view.widgets.values())[-1].footer.text() == "interrupted"
-    assert voice.stops == 2  # the cancelled reply's audio is dropped too
+    assert voice.ends == [True]  # the cancelled reply's audio is dropped too
 
 
 def test_a_new_turn_cancels_the_running_reply_and_waits_for_it(make_window) -> None:
@@ -356,7 +356,7 @@ def test_the_voice_controller_drives_the_window(qtbot, make_window, tmp_path: Pa
     user = next(iter(window.view.widgets.values()))
     assert "voice 1.0 s" in user.header.text() and user.transcript.isHidden()
     engine.reply("A red square.")
-    assert voice.played and window.indicator.state == "listening"
+    assert voice.played and voice.ends == [False] and window.indicator.state == "listening"
     window.chat.set_transcript(window.chat.views[min(window.view.widgets)], "What is this?")
     assert user.transcript.text() == "“What is this?”"
     stored = window.store.turns(window.chat.conversation.id)[0]

@@ -504,6 +504,11 @@ def test_window_voice_reports_sent_turns_and_plays_only_typed_replies(make_rig) 
     assert set(window.timings["t1"]) >= {"speech_end", "request_sent", "first_audio_played"}
     voice.play(reply(0.5, rate=8000), 8000)  # a typed turn's reply, at another rate
     assert rig.playback.buffered / 16000 == pytest.approx(0.5, abs=0.02)  # the fake speaker runs at 16 kHz
+    rig.pull(30)  # the engine is slower than the speaker: it runs dry and waits for more
+    voice.play(reply(0.05), 16000)  # the reply's last words, less than the jitter buffer's prebuffer
+    voice.end_playback(interrupted=False)
+    tail = rig.play_out()
+    assert np.abs(tail).max() > 0.04 and not rig.playback.playing  # played out, and the speaker is free
     voice.set_hands_free(False)
     assert rig.controller.settings.mode == "push_to_talk"
 
