@@ -11,7 +11,7 @@ from PySide6.QtCore import Qt
 from app.model_manager import ModelManager, failure_line, parse_listing
 from app.window.model_dialog import ModelDialog
 from engine.catalog import CATALOG
-from engine.models import ModelStore
+from engine.models import CHUNK, ModelStore
 from tests.engine.hub_standin import HubStandIn
 
 NAME = "Lyra-Mini-3B"
@@ -70,25 +70,30 @@ def test_download_with_progress_then_use(qtbot, hub: HubStandIn, tmp_path: Path,
     assert chosen.args == [folder] and not dialog.isVisible()
 
 
-def test_cancel_then_resume(qtbot, hub: HubStandIn, tmp_path: Path, managers) -> None:
+def test_cancel_then_resume(qtbot, hub: HubStandIn, test_model: Path, tmp_path: Path, managers) -> None:
     manager = ModelManager(tmp_path / "data", endpoint=hub.url, vocoder_url=f"{hub.url}/vocoder")
     dialog = open_dialog(qtbot, manager, managers)
     hub.delay_per_chunk = 0.05  # 16 KB every 50 ms: seconds into the 1.6 MB shard, the first MB is on disk
     dialog.download()
+    # The downloader writes what it reads in pieces of up to CHUNK (1 MB): the biggest shard's .part
+    # reaches that ~2 s before it is whole. (Any smaller file's .part is whole on disk a moment before
+    # its rename, and a .part listed one moment can be gone the next.)
+    biggest = max(test_model.glob("*.safetensors"), key=lambda path: path.stat().st_size)
+    store = ModelStore(tmp_path / "data")
+    part = store.model_folder(NAME) / f"{biggest.name}.part"
 
-    def partial() -> list[Path]:
-        # Past 64 KB: only the shard gets there, seconds before it is whole. A small file's .part can be
-        # seen a moment before it is renamed into place, and then there is nothing left to resume.
-        return [path for path in (tmp_path / "data").rglob("*.part") if path.stat().st_size > 1 << 16]
+    def part_bytes() -> int:
+        try:
+            return part.stat().st_size
+        except FileNotFoundError:  # not started yet (or whole, and renamed)
+            return 0
 
-    qtbot.waitUntil(lambda: bool(partial()), timeout=PROCESS_MS)
+    qtbot.waitUntil(lambda: part_bytes() >= CHUNK, timeout=PROCESS_MS)
     with qtbot.waitSignal(manager.stopped, timeout=10_000) as stopped:
         qtbot.mouseClick(dialog.cancel_button, LEFT)
     assert stopped.args == [NAME, ""] and "cancelled" in dialog.status.text()
-    store = ModelStore(tmp_path / "data")
-    [part] = partial()
-    kept = part.stat().st_size
-    assert store.installed(NAME) is None
+    kept = part_bytes()
+    assert kept >= CHUNK and store.installed(NAME) is None
     qtbot.waitUntil(lambda: cells(dialog, 0)[5].startswith("paused at"), timeout=PROCESS_MS)
     assert dialog.download_button.text() == "Resume download" and dialog.download_button.isEnabled()
 
