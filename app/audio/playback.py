@@ -59,7 +59,7 @@ class Playback:
         self.remembered = remembered
         self.buffers, self.prebuffer_ms, self.fade_ms = buffers, prebuffer_ms, fade_ms
         self.buffer = buffers[0]  # the one the stream is open with
-        self.on_notice = on_notice  # called from PortAudio's thread when the device goes away
+        self.on_notice = on_notice  # the device went away (PortAudio's thread) or would not reopen (settle)
         # Called from PortAudio's thread with each block as played (float32 mono) and the device
         # rate: the echo canceller's reference. It must only queue.
         self.reference: Callable[[np.ndarray, int], None] | None = None
