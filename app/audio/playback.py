@@ -45,8 +45,8 @@ class OutputBuffer:
 # Smallest first. Three 10 ms blocks put a sample ~35 ms from callback to DAC on PulseAudio's ALSA
 # plugin, which keeps the app's share of the reply latency within its 60 ms goal; 20 ms blocks at
 # "low" take ~60 ms. A speaker that runs short while a reply sounds moves to the next bigger buffer
-# between replies. Never mid-reply: reopening stalls the plugin for ~1.9 s — as does every underrun
-# on it (no callbacks for ~1.9 s after the recovery), which is why a single one is enough to grow.
+# between replies. Never mid-reply: reopening stalls the plugin for ~1.9 s — as does a late callback
+# (no callbacks for ~1.9 s after the underrun's recovery), which is why a single one is enough to grow.
 OUTPUT_BUFFERS = (OutputBuffer(10, 0.03), OutputBuffer(20, "low"))
 
 

@@ -113,14 +113,18 @@ class WatchedPlayback(Playback):
         self.blocks.append((time.monotonic(), float(np.abs(outdata).max())))
 
 
-def test_barge_in_stop_silences_the_output_within_one_block(pulse) -> None:
-    playback = WatchedPlayback()
-    assert playback.open() is None
-    # The ALSA pulse plugin stalls for a second or so after a stream starts; the app keeps its
-    # stream open, so measure once the device asks for blocks steadily.
+def until_steady(playback: WatchedPlayback) -> None:
+    """The ALSA pulse plugin stalls for a second or so after a stream starts; the app keeps its
+    stream open, so measure once the device asks for blocks steadily."""
     deadline = time.monotonic() + 10
     while len(playback.blocks) < 20 and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def test_barge_in_stop_silences_the_output_within_one_block(pulse) -> None:
+    playback = WatchedPlayback()
+    assert playback.open() is None
+    until_steady(playback)
     recorder = Recorder(pulse)
     try:
         t = np.arange(3 * 16000) / 16000
@@ -201,16 +205,14 @@ def test_with_speakers_the_reply_echo_is_no_turn_but_the_user_over_it_is(pulse, 
         assert during_reply != []  # the gate alone lets an echo this loud through: that is what cancelling is for
 
 
-class StallingPlayback(Playback):
+class StallingPlayback(WatchedPlayback):
     """A busy machine: once a reply sounds, the audio callback comes back late, once."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.blocks = 0
         self.stalled = False
 
     def on_block(self, outdata, frames, time_info, status) -> None:
-        self.blocks += 1
         super().on_block(outdata, frames, time_info, status)
         if self.started and not self.stalled:
             self.stalled = True
@@ -220,9 +222,7 @@ class StallingPlayback(Playback):
 def test_a_speaker_that_ran_short_in_a_reply_is_reopened_with_the_bigger_buffer(pulse) -> None:
     playback = StallingPlayback()
     assert playback.open() is None and playback.buffer == OUTPUT_BUFFERS[0]
-    deadline = time.monotonic() + 10  # past the plugin's start-up stall: the device asks in real time
-    while playback.blocks < 20 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    until_steady(playback)
     t = np.arange(16000) / 16000
     sine = (0.3 * np.sin(2 * np.pi * 330 * t)).astype("<f4")
     try:
