@@ -1,8 +1,8 @@
 """ChatML prompts with media placeholders, and their 3-row M-RoPE positions.
 
 A user turn is `<|vision_start|><image><|vision_end|>` for an image, `<speech>` for spoken audio,
-then any typed text. `<image>` and `<speech>` are not tokens: they mark where the vision and
-speech embeddings are spliced in.
+then any typed text, exactly as Lyra was trained and evaluated (see `user_content`). `<image>` and
+`<speech>` are not tokens: they mark where the vision and speech embeddings are spliced in.
 """
 
 from __future__ import annotations
@@ -34,14 +34,17 @@ class Piece:
 
 
 def user_content(has_image: bool, has_speech: bool, text: str | None) -> str:
-    content = ""
-    if has_image:
-        content += f"<|vision_start|>{IMAGE}<|vision_end|>"
+    """The user turn's content in Lyra's training format.
+
+    Lyra's training moves `<image>` plus a newline to the front of the turn and replaces both with the
+    vision block, so typed text follows `<|vision_end|>` directly; its speech prompts put a newline
+    between `<speech>` and typed text. With image, speech and text together (no Lyra reference) both
+    rules apply: the vision block, `<speech>`, a newline, the text.
+    """
+    content = f"<|vision_start|>{IMAGE}<|vision_end|>" if has_image else ""
     if has_speech:
-        content += SPEECH
-    if text:
-        content += ("\n" if content else "") + text
-    return content
+        content += SPEECH + ("\n" if text else "")
+    return content + (text or "")
 
 
 def chat_text(content: str, first_turn: bool) -> str:

@@ -33,7 +33,9 @@ from engine.speech_out import SpeechOutput
 DEFAULT_MAX_NEW_TOKENS = 256
 DEFAULT_EXTRACTION = ExtractionSettings(blocks=4, keep_rate=0.7)  # see README "Token extraction"
 TURN_END = "<|im_end|>\n"  # closes the assistant's reply in the cache before the next turn
-TRANSCRIBE = "Transcribe this speech exactly as it was spoken, word for word, and say nothing else."
+# Lyra's own ASR evaluation prompt (lyra/eval/model_lyra_text_speech.py), behind the paper's WER:
+# `<speech>\n\nRecord the spoken words as text.` — user_content adds the first newline after <speech>.
+TRANSCRIBE = "\nRecord the spoken words as text."
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,33 @@ from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLConfig
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
 
 from engine.prompt import Piece, chat_text, mrope_positions, split_prompt, user_content
+from engine.session import TRANSCRIBE, TURN_END
+
+VISION = "<|vision_start|><image><|vision_end|>"
 
 
-def test_user_content_orders_image_speech_then_text() -> None:
-    assert user_content(True, True, None) == "<|vision_start|><image><|vision_end|><speech>"
+def test_user_content_follows_lyras_training_format_on_every_path() -> None:
+    # Lyra's training replaces "<image>\n" with the vision block: typed text follows it directly.
+    assert user_content(True, False, "What is this?") == VISION + "What is this?"
+    assert user_content(True, True, None) == VISION + "<speech>"
+    assert user_content(True, True, "and this?") == VISION + "<speech>\nand this?"
     assert user_content(False, True, "and this?") == "<speech>\nand this?"
+    assert user_content(False, True, None) == "<speech>"
     assert user_content(False, False, "hi") == "hi"
+
+
+def test_transcripts_use_lyras_asr_evaluation_prompt() -> None:
+    assert user_content(False, True, TRANSCRIBE) == "<speech>\n\nRecord the spoken words as text."
+
+
+def test_a_follow_up_turn_continues_the_chatml_conversation() -> None:
+    """Turn two closes the reply left in the cache and opens a user turn, with no second system prompt."""
+    first = chat_text(user_content(False, True, None), first_turn=True) + "Hello there."
+    follow_up = TURN_END + chat_text(user_content(True, False, "And now?"), first_turn=False)
+    assert first + follow_up == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n<speech><|im_end|>\n<|im_start|>assistant\nHello there.<|im_end|>\n"
+        "<|im_start|>user\n<|vision_start|><image><|vision_end|>And now?<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_chat_text_has_system_prompt_only_on_the_first_turn() -> None:
