@@ -43,6 +43,10 @@ class Precision:
         chosen = mode or ("nf4" if target.type == "cuda" else "fp32")
         if chosen not in PRECISIONS:
             raise OmnivoxError(f"unknown precision {chosen!r}; choose one of {', '.join(PRECISIONS)}.")
+        if chosen == "bf16" and target.type == "cuda" and not native_bf16(target):
+            major, minor = torch.cuda.get_device_capability(target)
+            raise OmnivoxError(f"this GPU (compute capability {major}.{minor}) has no native bf16; "
+                               "choose fp16, nf4 or int8.")
         return cls(chosen, target)
 
     @property
@@ -62,7 +66,17 @@ class Precision:
         # and memory is not the constraint, so the unquantized rest runs in fp32 there.
         if self.device.type != "cuda":
             return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bf16(self.device) else torch.float16
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the GPU computes in bf16 itself (Ampere, compute capability 8.0, and later).
+
+    `torch.cuda.is_bf16_supported()` also counts emulation, which Pascal and Turing offer: every op
+    slower, and SDPA without a fused kernel for bf16 there falls back to its math kernel (fp32 scores).
+    """
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8 and torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 NF4_BLOCK = 64  # bitsandbytes quantizes rows in blocks of 64 inputs

@@ -15,7 +15,8 @@ import json
 import math
 import pickle
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -282,6 +283,23 @@ class HiFiGANGenerator(nn.Module):
         return torch.tanh(x)
 
 
+@contextmanager
+def exact_fp32_convolutions() -> Iterator[None]:
+    """cuDNN convolutions in true fp32 while the vocoder runs.
+
+    This torch lets cuDNN run fp32 convolutions in TF32 (a 10-bit mantissa) on Ampere and later by
+    default, which moves predicted durations and the waveform the way half precision does. Only the
+    new flag is touched: mixing it with the legacy `allow_tf32` makes torch raise.
+    """
+    conv = torch.backends.cudnn.conv
+    saved = conv.fp32_precision
+    conv.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision = saved
+
+
 class UnitVocoder(HiFiGANGenerator):
     """Unit ids -> 16 kHz waveform; built from the vocoder config.json dict."""
 
@@ -311,7 +329,8 @@ class UnitVocoder(HiFiGANGenerator):
             raise ValueError("this vocoder has no duration predictor; pass one unit per frame instead")
         if units.numel() == 0:
             return torch.zeros(0, dtype=torch.long, device=units.device)
-        log_dur = self.dur_predictor(self.dict(units)[None])[0].float()
+        with exact_fp32_convolutions():
+            log_dur = self.dur_predictor(self.dict(units)[None])[0].float()
         # torch.round rounds halves to even, as the reference does.
         return torch.round(torch.exp(log_dur) - 1).long().clamp(min=1)
 
@@ -330,7 +349,8 @@ class UnitVocoder(HiFiGANGenerator):
             features = self.dict(self._check_units(frames))
         if features.shape[0] == 0:
             return features.new_zeros(0)
-        return self.generate(features.T[None]).reshape(-1)
+        with exact_fp32_convolutions():
+            return self.generate(features.T[None]).reshape(-1)
 
     @torch.inference_mode()
     def forward(self, units: Tensor, dur_prediction: bool = True) -> Tensor:
@@ -351,7 +371,8 @@ class UnitVocoder(HiFiGANGenerator):
         if units.numel() and (units.min() < 0 or units.max() >= limit):
             bad = units[(units < 0) | (units >= limit)][0].item()
             raise ValueError(f"unit id {bad} is outside 0..{limit - 1} (remove CTC blanks before vocoding)")
-        return units.to(device=self.dict.weight.device, dtype=torch.long)
+        # non_blocking: a plain host-to-GPU copy would also wait for all queued GPU work to finish
+        return units.to(device=self.dict.weight.device, dtype=torch.long, non_blocking=True)
 
 
 # Weight-norm tensor names: old `weight_g`/`weight_v` and torch.nn.utils.parametrizations' names.

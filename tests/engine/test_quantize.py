@@ -93,3 +93,37 @@ def test_meta_device_estimate_matches_a_real_load(test_model, mode: str) -> None
     lora = sum(p.numel() * p.element_size() for n, p in lyra.model.named_parameters() if "lora_" in n)
     measured = weight_bytes(lyra.model) - lora + estimate["vocoder"]
     assert sum(estimate.values()) == pytest.approx(measured, rel=0.01)
+
+
+class FakeGpu:
+    """torch.cuda's capability and bf16 queries as a GPU of one generation answers them."""
+
+    def __init__(self, capability: tuple[int, int]) -> None:
+        self.capability = capability
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: self.capability)
+        # Like torch: with emulation counted every CUDA GPU "supports" bf16; natively only sm 8.0 and later.
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                            lambda including_emulation=True: including_emulation or self.capability >= (8, 0))
+
+
+@pytest.mark.parametrize(("capability", "half"), [
+    ((6, 1), torch.float16), ((7, 0), torch.float16), ((7, 5), torch.float16),  # Pascal, Volta, Turing
+    ((8, 0), torch.bfloat16), ((8, 6), torch.bfloat16), ((9, 0), torch.bfloat16), ((12, 0), torch.bfloat16),
+])
+@pytest.mark.parametrize("mode", ["nf4", "int8"])
+def test_quantized_modes_use_bf16_only_where_the_gpu_has_it_natively(
+        monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], half: torch.dtype, mode: str) -> None:
+    FakeGpu(capability).install(monkeypatch)
+    assert Precision.parse(mode, "cuda").dtype == half
+
+
+def test_bf16_on_a_gpu_without_it_is_refused_with_the_alternatives(monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeGpu((7, 5)).install(monkeypatch)
+    with pytest.raises(OmnivoxError, match=r"compute capability 7\.5\) has no native bf16; choose fp16"):
+        Precision.parse("bf16", "cuda")
+    assert Precision.parse("fp16", "cuda").dtype == torch.float16
+    FakeGpu((8, 9)).install(monkeypatch)
+    assert Precision.parse("bf16", "cuda").dtype == torch.bfloat16

@@ -350,3 +350,18 @@ def test_new_parametrization_names_load(
     model = load_vocoder(tmp_path / "g_00500000", small_folder / "config.json")
     units = torch.tensor([5, 6, 7, 8])
     torch.testing.assert_close(model(units), small_vocoder(units), rtol=0, atol=0)
+
+
+def test_convolutions_run_in_true_fp32_and_the_flag_is_restored(small_vocoder: UnitVocoder) -> None:
+    """This torch lets cuDNN use TF32 for fp32 convolutions unless told otherwise."""
+    seen = []
+    hooks = [module.register_forward_hook(lambda *_: seen.append(torch.backends.cudnn.conv.fp32_precision))
+             for module in (small_vocoder.conv_pre, small_vocoder.dur_predictor.conv1)]
+    before = torch.backends.cudnn.conv.fp32_precision
+    try:
+        small_vocoder(torch.tensor([5, 9, 9, 300]))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen and set(seen) == {"ieee"}
+    assert torch.backends.cudnn.conv.fp32_precision == before
