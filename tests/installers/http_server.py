@@ -15,6 +15,8 @@ class Behaviour:
     files: dict[str, bytes] = field(default_factory=dict)
     drop_after: int | None = None  # close the connection after this many body bytes, once
     ignore_range: bool = False
+    chunked: bool = False  # no Content-Length: the body goes as HTTP/1.1 chunks (a cut then is IncompleteRead)
+    trailing: bytes = b""  # sent after the file, beyond the length it announces
     stall_after: int | None = None  # send this many body bytes, then hold the connection until `release`, once
     release: threading.Event = field(default_factory=threading.Event)
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
@@ -44,9 +46,12 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         else:
             self.send_response(200)
-        self.send_header("Content-Length", str(len(body) - start))
+        if behaviour.chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
-        payload = body[start:]
+        payload = body[start:] + behaviour.trailing
         if behaviour.stall_after is not None:  # a connection that hangs, as when the network goes away
             sent, behaviour.stall_after = payload[:behaviour.stall_after], None
             self.wfile.write(sent)
@@ -56,10 +61,21 @@ class Handler(BaseHTTPRequestHandler):
             return
         if behaviour.drop_after is not None:
             payload, behaviour.drop_after = payload[:behaviour.drop_after], None
-            self.wfile.write(payload)
+            self.send_body(payload, behaviour.chunked, finished=False)
             self.close_connection = True
             return
-        self.wfile.write(payload)
+        self.send_body(payload, behaviour.chunked, finished=True)
+
+    def send_body(self, payload: bytes, chunked: bool, finished: bool) -> None:
+        """The payload as is, or as 64 KB chunks; an unfinished chunked body lacks its closing empty chunk."""
+        if not chunked:
+            self.wfile.write(payload)
+            return
+        for offset in range(0, len(payload), 65536):
+            piece = payload[offset:offset + 65536]
+            self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        if finished:
+            self.wfile.write(b"0\r\n\r\n")
 
     def log_message(self, *_args: object) -> None:  # keep test output clean
         pass

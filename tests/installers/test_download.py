@@ -36,7 +36,7 @@ def test_an_interrupted_download_resumes_where_it_stopped(behaviour: Behaviour, 
     behaviour.drop_after = CHUNK + 100
     dest = tmp_path / "runtime.whl"
     with LoopbackServer(behaviour) as server:
-        with pytest.raises(DownloadError, match="run again to resume"):
+        with pytest.raises(DownloadError, match="resumes where it stopped"):
             download(server.url("runtime.whl"), dest, SHA, len(BODY), attempts=1)
         assert (tmp_path / "runtime.whl.part").stat().st_size == CHUNK + 100
         download(server.url("runtime.whl"), dest, SHA, len(BODY))  # the next start of the app
@@ -98,5 +98,39 @@ def test_a_missing_file_fails_at_once(behaviour: Behaviour, tmp_path: Path) -> N
 
 
 def test_nothing_listening_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(DownloadError, match="run again to resume"):
+    with pytest.raises(DownloadError, match="resumes where it stopped"):
         download("http://127.0.0.1:9/runtime.whl", tmp_path / "runtime.whl", SHA, len(BODY), attempts=2)
+
+
+def test_a_cut_chunked_transfer_is_a_resumable_error(behaviour: Behaviour, tmp_path: Path) -> None:
+    behaviour.chunked, behaviour.drop_after = True, CHUNK + 100  # no Content-Length: the cut is IncompleteRead
+    dest = tmp_path / "runtime.whl"
+    with LoopbackServer(behaviour) as server:
+        with pytest.raises(DownloadError, match="IncompleteRead.*resumes where it stopped"):
+            download(server.url("runtime.whl"), dest, SHA, len(BODY), attempts=1)
+        assert not dest.exists() and (tmp_path / "runtime.whl.part").stat().st_size == CHUNK
+        download(server.url("runtime.whl"), dest, SHA, len(BODY))
+    assert dest.read_bytes() == BODY and behaviour.requests[-1] == ("/runtime.whl", f"bytes={CHUNK}-")
+
+
+def test_a_server_sending_more_than_expected_is_cut_off(behaviour: Behaviour, tmp_path: Path) -> None:
+    behaviour.chunked, behaviour.trailing = True, os.urandom(5 * CHUNK)
+    seen: list[int] = []
+    with LoopbackServer(behaviour) as server:
+        download(server.url("runtime.whl"), tmp_path / "runtime.whl", SHA, len(BODY),
+                 lambda done, _total: seen.append(done))
+    assert (tmp_path / "runtime.whl").read_bytes() == BODY and max(seen) == len(BODY)
+
+
+def test_a_damaged_file_in_place_is_fetched_again(behaviour: Behaviour, tmp_path: Path) -> None:
+    dest = tmp_path / "runtime.whl"
+    dest.write_bytes(bytes(len(BODY)))  # the right size, other bytes
+    with LoopbackServer(behaviour) as server:
+        download(server.url("runtime.whl"), dest, SHA, len(BODY))
+    assert dest.read_bytes() == BODY and len(behaviour.requests) == 1
+
+
+def test_no_known_size_or_checksum_is_never_complete(behaviour: Behaviour, tmp_path: Path) -> None:
+    with LoopbackServer(behaviour) as server, pytest.raises(DownloadError, match="cannot be verified"):
+        download(server.url("runtime.whl"), tmp_path / "runtime.whl", "", len(BODY))
+    assert behaviour.requests == [] and list(tmp_path.iterdir()) == []
