@@ -5,10 +5,18 @@ A frame is a 4-byte big-endian header length, a UTF-8 JSON object (the header: a
 audio, encoded PNG/JPEG for images. Nothing is ever unpickled, so the same bytes can cross a
 network later. This module imports neither torch nor numpy: the GUI uses it.
 
-A bad frame raises `ProtocolError` after the reader has consumed it (its `skip` says how many of
-its bytes are still to be dropped), so one bad message never ends the connection.
+A bad frame raises `ProtocolError`, and nothing else does, whatever the bytes. When the frame's
+end is still known (its header is a JSON object with a byte count in `payload_size`, all within
+the limits), the reader has consumed the frame (`skip` says how many of its bytes are still to be
+dropped) and the connection goes on. When it is not (a header over 64 KB or nested deeper than
+32 levels, not JSON, without a byte count, or announcing a payload over 256 MB), the error is
+`fatal`: nothing after it can be framed, so the connection must be closed.
+
+The app's first frame is `hello {token}`: the start token the app handed its engine process in
+the environment variable OMNIVOX_ENGINE_TOKEN. The engine answers `ready` only to that frame.
 
 Requests (app → engine; `id` names the request, or the turn for respond and cancel):
+  hello {token} (the first frame, and only there)
   load_model {model, precision, device, vocoder}   prefetch + image bytes   ping   reset   shutdown
   respond {parts, sample_rate, max_new_tokens, speak} + speech PCM, image, UTF-8 text (RespondRequest)
   transcribe {sample_rate, max_new_tokens} + speech PCM (TranscribeRequest)
@@ -19,26 +27,32 @@ Events (engine → app; `id` is the request or turn they answer, "" for none):
   turn_done {text, audio_seconds, timings_ms, tokens, adapter, cancelled}
   transcript {text, cancelled}
 
-Versions: 2 added transcribe and transcript. A peer only refuses frames newer than its own
+Versions: 2 added transcribe and transcript; 3 added hello. A peer only refuses frames newer than its own
 version, so an engine of version 2 still serves an app of version 1.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, NoReturn
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 PORT_ANNOUNCEMENT = "OMNIVOX_ENGINE_PORT"  # first stdout line of the engine process, then the port
+TOKEN_ENV = "OMNIVOX_ENGINE_TOKEN"  # the app's start token, in the engine process's environment (never argv)
 MAX_HEADER = 64 * 1024
+MAX_HELLO = 1024  # the first frame's header: a token and the required fields
+MAX_NESTING = 32  # json.loads recurses once per level; real headers nest 2 deep
+MAX_ID = 128  # characters; ids are echoed in every answer, so they must stay short and printable
 MAX_PAYLOAD = 256 * 1024 * 1024  # 25 min of speech is 96 MB of float32; a screenshot PNG a few MB
 PREFIX = struct.Struct(">I")
 REQUIRED = ("v", "type", "id", "payload_size")
 
-REQUESTS = frozenset({"load_model", "prefetch", "respond", "transcribe", "cancel", "reset", "shutdown", "ping"})
+REQUESTS = frozenset({"hello", "load_model", "prefetch", "respond", "transcribe", "cancel", "reset", "shutdown",
+                      "ping"})
 EVENTS = frozenset({"ready", "progress", "text_delta", "audio_chunk", "turn_done", "transcript", "error", "pong",
                     "model_loaded"})
 PEER = {"app": "engine", "engine": "app"}  # who reads what the other sends
@@ -53,13 +67,15 @@ class ProtocolError(Exception):
     """A frame that breaks the protocol, described in one line.
 
     `frame_id` is the offending frame's id when it could be read, so the reply can name it;
-    `skip` is how many bytes after what was read still belong to the rejected frame.
+    `skip` is how many bytes after what was read still belong to the rejected frame;
+    `fatal` means the frame's end is unknown, so the connection cannot go on.
     """
 
-    def __init__(self, message: str, frame_id: str = "", skip: int = 0) -> None:
-        super().__init__(" ".join(message.split()))
+    def __init__(self, message: str, frame_id: str = "", skip: int = 0, fatal: bool = False) -> None:
+        super().__init__(" ".join(message.split()) + ("; closing the connection" if fatal else ""))
         self.frame_id = frame_id
         self.skip = skip
+        self.fatal = fatal
 
 
 def encode_frame(header: dict, payload: bytes = b"") -> bytes:
@@ -72,52 +88,115 @@ def encode_frame(header: dict, payload: bytes = b"") -> bytes:
     return PREFIX.pack(len(raw)) + raw + payload
 
 
-def header_length(prefix: bytes) -> int:
+def header_length(prefix: bytes, limit: int = MAX_HEADER) -> int:
     (length,) = PREFIX.unpack(prefix)
-    if length > MAX_HEADER:
-        raise ProtocolError(f"frame header of {length} bytes is over the {MAX_HEADER}-byte limit", skip=length)
+    if length > limit:
+        raise ProtocolError(f"frame header of {length} bytes is over the {limit}-byte limit", fatal=True)
     return length
 
 
 def parse_header(raw: bytes, sender: str) -> dict:
     """Decode and check a header sent by `sender` ("app" or "engine")."""
+    check_nesting(raw)
     try:
         header = json.loads(raw.decode("utf-8"))
     except ValueError as err:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
-        raise ProtocolError(f"malformed frame header: {err}") from None
+        raise ProtocolError(f"malformed frame header: {err}", fatal=True) from None
     if not isinstance(header, dict):
-        raise ProtocolError("malformed frame header: not a JSON object")
+        raise ProtocolError("malformed frame header: not a JSON object", fatal=True)
     check_header(header, sender)
+    if b"\\u" in raw and not is_unicode(header):  # only a \u escape can smuggle in half a character
+        raise ProtocolError("malformed frame header: a string holds an unpaired UTF-16 surrogate (half a "
+                            "character)", header["id"], header["payload_size"])
     return header
 
 
+def check_nesting(raw: bytes) -> None:
+    """Refuse a header nested deeper than MAX_NESTING before json.loads recurses into it."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_NESTING:  # the common case, at C speed
+        return
+    depth, in_string, escaped = 0, False, False
+    for byte in raw:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (byte == 0x5C, byte != 0x22)  # backslash, quote
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > MAX_NESTING:
+                raise ProtocolError(f"frame header nests deeper than {MAX_NESTING} levels", fatal=True)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+
+
+def is_unicode(header: dict) -> bool:
+    """Whether every string in the header can be written back as UTF-8 (answers echo its fields)."""
+    try:
+        json.dumps(header, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_header(header: dict, sender: str) -> None:
-    frame_id = header["id"] if isinstance(header.get("id"), str) else ""
-    size = header.get("payload_size")
-    skip = size if is_count(size) else 0
-    version = header.get("v")
-    if is_count(version) and version > PROTOCOL_VERSION:
-        raise ProtocolError(
-            f"{sender} speaks protocol {version}, {PEER[sender]} speaks {PROTOCOL_VERSION}; update Omnivox",
-            frame_id, skip,
-        )
+    frame_id = header["id"] if is_id(header.get("id")) else ""
     missing = [name for name in REQUIRED if name not in header]
-    if missing:
-        raise ProtocolError(f"frame header lacks {', '.join(missing)}", frame_id, skip)
-    if not (is_count(version) and version >= 1):
-        raise ProtocolError(f"frame header field v must be a protocol version, got {version!r}", frame_id, skip)
+    size = header.get("payload_size")
+    # Without a byte count nobody knows where this frame ends, so nothing after it can be read.
+    if "payload_size" in missing:
+        raise ProtocolError(f"frame header lacks {', '.join(missing)}", frame_id, fatal=True)
     if not is_count(size):
-        raise ProtocolError(f"frame header field payload_size must be a byte count, got {size!r}", frame_id)
-    if not isinstance(header["id"], str):
-        raise ProtocolError(f"frame header field id must be a string, got {header['id']!r}", frame_id, skip)
-    if header["type"] not in REQUESTS | EVENTS:
-        raise ProtocolError(f"unknown message type {header['type']!r}", frame_id, skip)
-    if size > MAX_PAYLOAD:
-        raise ProtocolError(f"payload of {size} bytes is over the {MAX_PAYLOAD}-byte limit", frame_id, skip)
+        raise ProtocolError(f"frame header field payload_size must be a byte count, got {short(size)}", frame_id,
+                            fatal=True)
+    if size > MAX_PAYLOAD:  # skipping it could take forever: no valid sender announces one
+        raise ProtocolError(f"payload of {short(size)} bytes is over the {MAX_PAYLOAD}-byte limit", frame_id,
+                            fatal=True)
+
+    def invalid(message: str) -> ProtocolError:
+        return ProtocolError(message, frame_id, size)
+
+    version, kind = header.get("v"), header.get("type")
+    if is_count(version) and version > PROTOCOL_VERSION:
+        raise invalid(f"{sender} speaks protocol {short(version)}, {PEER[sender]} speaks {PROTOCOL_VERSION}; "
+                      "update Omnivox")
+    if missing:
+        raise invalid(f"frame header lacks {', '.join(missing)}")
+    if not (is_count(version) and version >= 1):
+        raise invalid(f"frame header field v must be a protocol version, got {short(version)}")
+    if not is_id(header["id"]):
+        raise invalid(f"frame header field id must be a string of at most {MAX_ID} printable characters, "
+                      f"got {short(header['id'])}")
+    if not (isinstance(kind, str) and kind in REQUESTS | EVENTS):
+        raise invalid(f"unknown message type {short(kind)}")
 
 
 def is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def is_id(value: object) -> bool:
+    return isinstance(value, str) and len(value) <= MAX_ID and value.isprintable()
+
+
+def short(value: object) -> str:
+    """A peer's value as quoted in an error: bounded, since the error travels back in one frame."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def hello_frame(token: str) -> bytes:
+    """The app's first frame: proof that it is the app that started this engine."""
+    return encode_frame({"type": "hello", "id": "", "token": token})
+
+
+def check_hello(raw: bytes, token: str) -> None:
+    """Refuse a first frame (its header `raw`) unless it is a hello carrying `token`."""
+    header = parse_header(raw, sender="app")
+    if header["type"] != "hello" or header["payload_size"]:
+        raise ProtocolError("the first frame must be hello; this engine serves only the app that started it")
+    presented = header.get("token")
+    if not (isinstance(presented, str) and hmac.compare_digest(presented.encode("utf-8"), token.encode("utf-8"))):
+        raise ProtocolError("wrong start token; this engine serves only the app that started it")
 
 
 def read_frame(stream: BinaryIO, sender: str = "app") -> Frame:
@@ -126,7 +205,8 @@ def read_frame(stream: BinaryIO, sender: str = "app") -> Frame:
     try:
         header = parse_header(read_exactly(stream, header_length(prefix)), sender)
     except ProtocolError as err:
-        discard(stream, err.skip)
+        if not err.fatal:
+            discard(stream, err.skip)
         raise
     return header, read_exactly(stream, header["payload_size"])
 
@@ -155,7 +235,7 @@ class FrameDecoder:
     `feed` buffers the data and returns the frames it completes, in order, up to a bad frame.
     The bad frame (consumed by then) raises `ProtocolError` from the call that reaches it first,
     or from the next call when frames came before it. So drain with `feed(b"")` until it
-    returns nothing.
+    returns nothing. After a fatal error the decoder is closed: it drops whatever it is fed.
     """
 
     def __init__(self, sender: str = "engine") -> None:
@@ -164,24 +244,27 @@ class FrameDecoder:
         self.header: dict | None = None  # a frame waiting for its payload
         self.to_drop = 0  # bytes of a rejected frame still to arrive
         self.failure: ProtocolError | None = None  # a bad frame found after good ones, raised next
+        self.closed = False  # a fatal error came: the stream cannot be framed any more
 
     def feed(self, data: bytes) -> list[Frame]:
-        self.buffer += data
+        if not self.closed:
+            self.buffer += data
         if self.failure is not None:
             failure, self.failure = self.failure, None
             raise failure
         frames: list[Frame] = []
-        while True:
+        while not self.closed:
             try:
                 frame = self.next_frame()
             except ProtocolError as err:
                 if not frames:
                     raise
                 self.failure = err
-                return frames
+                break
             if frame is None:
-                return frames
+                break
             frames.append(frame)
+        return frames
 
     def next_frame(self) -> Frame | None:
         """The next whole frame in the buffer, or None until more bytes arrive."""
@@ -220,8 +303,12 @@ class FrameDecoder:
         return header
 
     def reject(self, consumed: int, err: ProtocolError) -> NoReturn:
-        del self.buffer[:consumed]
-        self.to_drop = err.skip
+        if err.fatal:
+            self.closed = True
+            self.buffer.clear()
+        else:
+            del self.buffer[:consumed]
+            self.to_drop = err.skip
         raise err
 
 
