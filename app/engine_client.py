@@ -6,34 +6,42 @@ as Qt signals. The engine keeps no state the app cannot rebuild: when its proces
 client reports why within a second, starts a new one and loads the last model again; the
 conversation shown to the user lives in the app and is untouched.
 
+Only this app talks to its engine: each start hands the child a fresh random token in its
+environment (never its command line, which other users can read); the first frame on the
+connection carries it, and requests go out only after a `ready` from the child's own pid.
+
 This module must never import torch (the window opens before the engine has loaded anything).
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import signal
 import sys
 import uuid
 from collections import deque
 from pathlib import Path
 
-from PySide6.QtCore import QObject, QProcess, QTimer, Signal
+from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 from PySide6.QtNetwork import QAbstractSocket, QHostAddress, QTcpSocket
 
 from engine.protocol import (
     PORT_ANNOUNCEMENT,
     REQUIRED,
+    TOKEN_ENV,
     FrameDecoder,
     ProtocolError,
     RespondRequest,
     TranscribeRequest,
     encode_frame,
+    hello_frame,
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where `python -m engine.server` finds the engine package
 MAX_RESTARTS = 3  # crashes in a row with no model loaded or turn finished in between: stop retrying
 SHUTDOWN_GRACE_MS = 3000
+TOKEN_BYTES = 32  # 256 random bits per engine start
 
 log = logging.getLogger("omnivox.engine")
 
@@ -89,9 +97,12 @@ class EngineClient(QObject):
         self.decoder = FrameDecoder(sender="engine")
         self.stdout: bytes | None = None  # what the engine printed so far, until its port line
         self.stderr_tail: deque[str] = deque(maxlen=20)
-        self.outbox: list[bytes] = []  # requests made before the connection is up
+        self.outbox: list[bytes] = []  # requests made before the engine said ready
         self.model_frame: bytes | None = None  # the last load_model, sent again to a restarted engine
         self.transcriptions: set[str] = set()  # asked and not answered: their errors go to `transcribed`
+        self.token = ""  # this start's secret, shared only with the child
+        self.verified = False  # the connection reached our own child, which said ready
+        self.abandoned = ""  # why the app gave up on the running engine, reported when it ends
         self.crashes = 0
         self.stopping = False
 
@@ -112,6 +123,11 @@ class EngineClient(QObject):
         self.decoder = FrameDecoder(sender="engine")
         self.stdout = b""
         self.stderr_tail.clear()
+        self.verified, self.abandoned = False, ""
+        self.token = secrets.token_hex(TOKEN_BYTES)
+        environment = QProcessEnvironment.systemEnvironment()
+        environment.insert(TOKEN_ENV, self.token)
+        self.process.setProcessEnvironment(environment)
         self.process.start()
 
     def load_model(self, path: str | Path, precision: str | None = None, device: str | None = None) -> str:
@@ -119,9 +135,9 @@ class EngineClient(QObject):
         request_id = new_id()
         self.model_frame = encode_frame({"type": "load_model", "id": request_id, "model": str(path),
                                          "precision": precision, "device": device})
-        if self.is_connected():
+        if self.verified:
             self.write(self.model_frame)
-        return request_id  # not connected: the model goes first once the connection is up
+        return request_id  # not ready yet: the model goes first once the engine is
 
     def respond(self, pcm: bytes | None, rate: int, image: bytes | None, text: str | None,
                 max_new_tokens: int, speak: bool = True) -> str:
@@ -158,9 +174,11 @@ class EngineClient(QObject):
     def shutdown(self) -> None:
         """Stop the engine for good; blocks up to a few seconds, then kills it."""
         self.stopping = True
-        if self.is_connected():
+        if self.verified:
             self.write(encode_frame({"type": "shutdown", "id": new_id()}))
             self.socket.flush()
+        else:  # not serving this app yet: it holds nothing worth a graceful end
+            self.process.kill()
         if self.pid is not None and not self.process.waitForFinished(SHUTDOWN_GRACE_MS):
             self.process.kill()
             self.process.waitForFinished(SHUTDOWN_GRACE_MS)
@@ -172,7 +190,7 @@ class EngineClient(QObject):
         return self.socket.state() == QAbstractSocket.SocketState.ConnectedState
 
     def send(self, frame: bytes) -> None:
-        if self.is_connected():
+        if self.verified:
             self.write(frame)
         else:
             self.outbox.append(frame)
@@ -204,10 +222,30 @@ class EngineClient(QObject):
 
     def on_connected(self) -> None:
         self.socket.setSocketOption(QAbstractSocket.SocketOption.LowDelayOption, 1)
-        pending = ([self.model_frame] if self.model_frame is not None else []) + self.outbox
-        self.outbox = []
-        for frame in pending:
-            self.write(frame)
+        self.write(hello_frame(self.token))  # requests wait for the ready that answers it
+
+    def greet(self, header: dict) -> None:
+        """The engine's first frame: `ready` from our own child, or we are not talking to our engine."""
+        kind, pid = header["type"], header.get("pid")
+        if kind == "ready" and pid == self.process.processId():
+            self.verified = True
+            pending = ([self.model_frame] if self.model_frame is not None else []) + self.outbox
+            self.outbox = []
+            for frame in pending:
+                self.write(frame)
+            self.ready.emit()
+        elif kind == "error":
+            self.abandon(f"the engine refused this app: {header.get('message', 'no reason given')}")
+        else:
+            self.abandon(f"the process on the engine's port is not the engine this app started (its first "
+                         f"message was {kind!r} from pid {pid!r}, the engine is pid {self.process.processId()})")
+
+    def abandon(self, reason: str) -> None:
+        """Stop talking to this engine process and end it; it is restarted as after a crash."""
+        log.warning("%s", reason)
+        self.abandoned = reason
+        self.socket.abort()
+        self.process.kill()
 
     def on_socket_error(self, failure: QAbstractSocket.SocketError) -> None:
         # The engine closing its end is reported by the process ending, with the reason.
@@ -216,24 +254,29 @@ class EngineClient(QObject):
 
     def on_ready_read(self) -> None:
         decoder, data = self.decoder, self.socket.readAll().data()
-        while True:  # drain: a bad frame raises after the good ones before it came out
+        while not self.abandoned:  # drain: a bad frame raises after the good ones before it came out
             try:
                 frames = decoder.feed(data)
             except ProtocolError as err:
+                if err.fatal:
+                    self.abandon(f"bad message from the engine: {err}")
+                    return
                 self.error.emit(err.frame_id, f"bad message from the engine: {err}")
             else:
                 if not frames:
                     return
                 for header, payload in frames:
-                    self.dispatch(header, payload)
+                    if not self.abandoned:
+                        self.dispatch(header, payload)
             data = b""
 
     def dispatch(self, header: dict, payload: bytes) -> None:
+        if not self.verified:
+            self.greet(header)
+            return
         kind, frame_id = header["type"], header["id"]
         body = {name: value for name, value in header.items() if name not in REQUIRED}
-        if kind == "ready":
-            self.ready.emit()
-        elif kind == "pong":
+        if kind == "pong":
             self.pong.emit(frame_id)
         elif kind == "progress":
             self.progress.emit(str(body.get("stage", "")), float(body.get("fraction", 0.0)))
@@ -260,16 +303,21 @@ class EngineClient(QObject):
 
     def on_finished(self, code: int, status: QProcess.ExitStatus) -> None:
         self.socket.abort()
+        self.verified = False
         self.transcriptions.clear()  # engineDied tells their askers
         if self.stopping:
             return
-        reason = exit_reason(code, status, self.stderr_tail[-1] if self.stderr_tail else "")
+        reason = self.abandoned or exit_reason(code, status, self.stderr_tail[-1] if self.stderr_tail else "")
         self.crashes += 1
         if self.crashes > MAX_RESTARTS:
             self.engineDied.emit(f"{reason}; it failed {MAX_RESTARTS} times in a row, so it was not restarted")
             return
         self.engineDied.emit(reason)
-        QTimer.singleShot(0, self.start)  # once QProcess has finished handling this exit
+        QTimer.singleShot(0, self.restart)  # once QProcess has finished handling this exit
+
+    def restart(self) -> None:
+        if not self.stopping:  # a shutdown since the crash ends the client for good
+            self.start()
 
     def on_process_error(self, failure: QProcess.ProcessError) -> None:
         if failure == QProcess.ProcessError.FailedToStart:

@@ -1,10 +1,12 @@
 """The engine process: one app, one loopback TCP connection, the frame protocol of engine.protocol.
 
 `python -m engine.server --listen 127.0.0.1:0` prints `OMNIVOX_ENGINE_PORT <port>` as its first
-stdout line and serves the first client to connect; it exits when that client leaves or asks
-it to shut down. A reader thread answers pings and cancels at once, while the main thread
-runs model requests in arrival order. torch loads with the first model,
-so the process answers within a fraction of a second of starting.
+stdout line and serves the app that started it: the first connection whose first frame is a
+hello carrying the start token the app put in OMNIVOX_ENGINE_TOKEN. Any other connection gets
+one error frame and is closed while the engine keeps waiting for its app. The engine exits when
+the app leaves, asks it to shut down, or sends a frame that cannot be framed. A reader thread
+answers pings and cancels at once, while the main thread runs model requests in arrival order.
+torch loads with the first model, so the process answers within a fraction of a second of starting.
 
 Transcriptions are background work: a turn (respond) or the sign of one coming (prefetch)
 cancels every transcription queued or running, so a reply never waits for one longer than a
@@ -21,24 +23,31 @@ import gc
 import hashlib
 import os
 import queue
+import selectors
 import socket
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from engine.errors import OmnivoxError
 from engine.protocol import (
+    MAX_HELLO,
     PORT_ANNOUNCEMENT,
+    PREFIX,
     PROTOCOL_VERSION,
     REQUESTS,
+    TOKEN_ENV,
     ProtocolError,
     RespondRequest,
     TranscribeRequest,
+    check_hello,
     encode_frame,
+    header_length,
     read_frame,
 )
 
@@ -52,6 +61,9 @@ if TYPE_CHECKING:
 NO_MODEL = "no model loaded; load one first"
 MAX_ERROR_CHARS = 500
 STOP_GRACE_S = 5.0  # after shutdown or the app leaving, how long a model load may hold the process
+MIN_TOKEN_CHARS = 32  # the app's token is 64 hex digits; a short one could be guessed
+HELLO_TIMEOUT_S = 10.0  # a connection that has not said hello by then is dropped (the app says it at once)
+MAX_GREETINGS = 32  # connections waiting to say hello; beyond this the oldest is dropped
 
 Job = tuple[str, Callable[[], None]]
 Request = TypeVar("Request", RespondRequest, TranscribeRequest)  # the request id to name in an error, the work
@@ -71,7 +83,7 @@ class Connection:
             self.sock.sendall(data)
 
     def error(self, frame_id: str, message: str) -> None:
-        self.send("error", frame_id, message=message)
+        self.send("error", frame_id, message=message[:MAX_ERROR_CHARS])
 
 
 def digest(data: bytes) -> bytes:
@@ -129,6 +141,8 @@ class Engine:
             self.jobs.put((frame_id, lambda: self.prefetch(frame_id, payload)))
         elif kind == "reset":
             self.jobs.put((frame_id, self.reset))
+        elif kind == "hello":
+            self.connection.error(frame_id, "hello is only the first frame; this connection is already the app's")
         else:
             self.connection.error(frame_id, f"{kind!r} is not a request; requests are {', '.join(sorted(REQUESTS))}")
         return True
@@ -314,21 +328,133 @@ def serve(sock: socket.socket) -> None:
 
 
 def read_requests(sock: socket.socket, engine: Engine) -> None:
-    stream = sock.makefile("rb")
+    try:
+        receive_until_done(sock.makefile("rb"), engine)
+    finally:  # whatever ended the reading, the connection is over and the engine must not outlive it
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        engine.stop()
+    # A cancelled turn ends within a decode step, but a model load cannot be interrupted.
+    if not engine.finished.wait(STOP_GRACE_S):
+        os._exit(0)
+
+
+def receive_until_done(stream: BinaryIO, engine: Engine) -> None:
+    """Hand each request to the engine until the app leaves, says shutdown, or breaks the framing."""
     while True:
         try:
             header, payload = read_frame(stream, sender="app")
         except ProtocolError as err:
             engine.connection.error(err.frame_id, str(err))
+            if err.fatal:
+                return
             continue
         except (EOFError, OSError):
-            break
+            return
         if not engine.receive(header, payload):
-            break
-    engine.stop()
-    # A cancelled turn ends within a decode step, but a model load cannot be interrupted.
-    if not engine.finished.wait(STOP_GRACE_S):
-        os._exit(0)
+            return
+
+
+@dataclass
+class Greeting:
+    """A connection that has not yet shown it is the app: its first frame so far."""
+
+    sock: socket.socket
+    since: float = field(default_factory=time.monotonic)
+    received: bytearray = field(default_factory=bytearray)
+
+    def bytes_missing(self) -> int:
+        """How much more of the first frame to read; never more, so nothing after it is taken."""
+        if len(self.received) < PREFIX.size:
+            return PREFIX.size - len(self.received)
+        return PREFIX.size + header_length(bytes(self.received[:PREFIX.size]), MAX_HELLO) - len(self.received)
+
+
+class Doorway:
+    """Lets in the first connection whose hello carries the start token, and no other.
+
+    Connections are heard side by side (one selector, no threads), so one that connects first and
+    says nothing cannot keep the app waiting. The first frame is read exactly to its end, so what
+    the app sends after its hello stays in the socket for the request reader.
+    """
+
+    def __init__(self, server: socket.socket, token: str) -> None:
+        self.server = server
+        self.token = token
+        self.greetings: dict[socket.socket, Greeting] = {}
+        self.selector = selectors.DefaultSelector()
+
+    def wait_for_app(self, timeout_s: float) -> socket.socket | None:
+        """The app's connection, blocking again; None if it has not come within `timeout_s`."""
+        self.server.setblocking(False)
+        self.selector.register(self.server, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                for key, _ in self.selector.select(min(left, HELLO_TIMEOUT_S / 4)):
+                    if key.fileobj is self.server:
+                        self.admit()
+                    elif self.hear(self.greetings[key.fileobj]):
+                        return self.let_in(key.fileobj)
+                self.drop_stale()
+            return None
+        finally:
+            for sock in list(self.greetings):
+                self.forget(sock)
+            self.selector.close()
+
+    def admit(self) -> None:
+        try:
+            sock, _ = self.server.accept()
+        except OSError:  # gone before it was accepted
+            return
+        sock.setblocking(False)
+        self.greetings[sock] = Greeting(sock)
+        self.selector.register(sock, selectors.EVENT_READ)
+        if len(self.greetings) > MAX_GREETINGS:
+            self.forget(min(self.greetings.values(), key=lambda greeting: greeting.since).sock)
+
+    def hear(self, greeting: Greeting) -> bool:
+        """Read what this connection sent; True once it has proved it is the app."""
+        try:
+            chunk = greeting.sock.recv(greeting.bytes_missing())
+            if not chunk:
+                self.forget(greeting.sock)
+                return False
+            greeting.received += chunk
+            if greeting.bytes_missing():
+                return False
+            check_hello(bytes(greeting.received[PREFIX.size:]), self.token)
+        except BlockingIOError:
+            return False
+        except ProtocolError as err:
+            self.refuse(greeting.sock, str(err))
+            return False
+        except OSError:
+            self.forget(greeting.sock)
+            return False
+        return True
+
+    def refuse(self, sock: socket.socket, message: str) -> None:
+        with contextlib.suppress(OSError):  # a best-effort explanation: the peer may be gone already
+            sock.send(encode_frame({"type": "error", "id": "", "message": message}))
+        self.forget(sock)
+
+    def forget(self, sock: socket.socket) -> None:
+        self.selector.unregister(sock)
+        del self.greetings[sock]
+        sock.close()
+
+    def drop_stale(self) -> None:
+        now = time.monotonic()
+        for greeting in [greeting for greeting in self.greetings.values() if now - greeting.since > HELLO_TIMEOUT_S]:
+            self.forget(greeting.sock)
+
+    def let_in(self, sock: socket.socket) -> socket.socket:
+        self.selector.unregister(sock)
+        del self.greetings[sock]
+        sock.setblocking(True)
+        return sock
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -363,15 +489,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accept-timeout", type=float, default=60.0,
                         help="seconds to wait for the app to connect before giving up")
     args = parser.parse_args(argv)
+    # Out of the environment at once: nothing this process starts inherits the token.
+    token = os.environ.pop(TOKEN_ENV, "")
+    if len(token) < MIN_TOKEN_CHARS:
+        print(f"error: {TOKEN_ENV} must hold the start token (at least {MIN_TOKEN_CHARS} characters) of the app "
+              "that runs this engine; the Omnivox app sets it", file=sys.stderr)
+        return 2
     with socket.create_server(args.listen) as server:
         print(f"{PORT_ANNOUNCEMENT} {server.getsockname()[1]}", flush=True)
-        server.settimeout(args.accept_timeout)
-        try:
-            sock, _ = server.accept()
-        except TimeoutError:
-            print(f"error: no app connected within {args.accept_timeout:g} s", file=sys.stderr)
-            return 1
-    sock.settimeout(None)
+        sock = Doorway(server, token).wait_for_app(args.accept_timeout)
+    if sock is None:
+        print(f"error: the app did not connect within {args.accept_timeout:g} s", file=sys.stderr)
+        return 1
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # events are small and latency-bound
     with sock:
         serve(sock)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import secrets
 import socket
 import struct
 import subprocess
@@ -22,29 +23,54 @@ from engine.protocol import (
     MAX_PAYLOAD,
     PORT_ANNOUNCEMENT,
     PROTOCOL_VERSION,
+    TOKEN_ENV,
     Frame,
     RespondRequest,
     TranscribeRequest,
     encode_frame,
+    hello_frame,
     read_frame,
 )
-from engine.server import BACKGROUND_NICENESS
+from engine.server import BACKGROUND_NICENESS, HELLO_TIMEOUT_S, MAX_GREETINGS
 from tests.signals import tone
 
 ROOT = Path(__file__).resolve().parents[2]
+REFUSED = "this engine serves only the app that started it"
+
+
+def start_engine(token: str) -> tuple[subprocess.Popen, int]:
+    """An engine process started as the app starts it (the token in its environment); and its port."""
+    process = subprocess.Popen([sys.executable, "-m", "engine.server", "--listen", "127.0.0.1:0"], cwd=ROOT,
+                               stdout=subprocess.PIPE, env={**os.environ, TOKEN_ENV: token})
+    assert process.stdout is not None
+    name, port = process.stdout.readline().decode().split()
+    assert name == PORT_ANNOUNCEMENT
+    return process, int(port)
+
+
+def connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=20)
+
+
+def frames_until_closed(sock: socket.socket) -> list[dict]:
+    """Every frame's header the engine sends on this connection until it closes it."""
+    headers, stream = [], sock.makefile("rb")
+    while True:
+        try:
+            headers.append(read_frame(stream, sender="engine")[0])
+        except (EOFError, ConnectionResetError):
+            return headers
 
 
 class EngineProcess:
-    """A running engine process and the test's connection to it."""
+    """A running engine process and the test's connection to it, as the app's (after its hello)."""
 
     def __init__(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "engine.server", "--listen", "127.0.0.1:0"],
-                                        cwd=ROOT, stdout=subprocess.PIPE)
-        assert self.process.stdout is not None
-        name, port = self.process.stdout.readline().decode().split()
-        assert name == PORT_ANNOUNCEMENT
-        self.sock = socket.create_connection(("127.0.0.1", int(port)), timeout=60)
+        token = secrets.token_hex(32)
+        self.process, port = start_engine(token)
+        self.sock = connect(port)
         self.stream = self.sock.makefile("rb")
+        self.send(hello_frame(token))
         self.ready = self.next()
 
     def send(self, frame: bytes) -> None:
@@ -119,6 +145,54 @@ def test_engine_is_alive_at_once_and_imports_no_torch_until_a_model(bare_engine:
                           check=True).stdout.strip() == "False"
 
 
+def test_clients_racing_the_app_are_refused_while_the_app_gets_its_engine() -> None:
+    """Another local user who finds the port first (in /proc/net/tcp) gets nothing out of the engine."""
+    token = secrets.token_hex(32)
+    process, port = start_engine(token)
+    try:
+        silent = [connect(port) for _ in range(MAX_GREETINGS + 8)]  # more than the engine keeps waiting
+        attempts = {
+            "ping": encode_frame({"type": "ping", "id": "p"}),
+            "load_model": encode_frame({"type": "load_model", "id": "l", "model": "/tmp/evil", "precision": None}),
+            "a guessed token": hello_frame(secrets.token_hex(32)),
+            "the token's prefix": hello_frame(token[:-1]),
+            "no frame at all": b"\x00\x00",
+        }
+        noisy = {name: connect(port) for name in attempts}
+        for name, frame in attempts.items():
+            noisy[name].sendall(frame)
+        started = time.monotonic()
+        app = connect(port)
+        app.sendall(hello_frame(token) + encode_frame({"type": "ping", "id": "after-hello"}))
+        stream = app.makefile("rb")
+        ready, pong = read_frame(stream, sender="engine")[0], read_frame(stream, sender="engine")[0]
+        assert (ready["type"], ready["pid"], pong["id"]) == ("ready", process.pid, "after-hello")
+        assert time.monotonic() - started < HELLO_TIMEOUT_S / 2  # no waiting for the silent ones to time out
+        for name, sock in noisy.items():
+            answers = frames_until_closed(sock)
+            if name != "no frame at all":  # the half frame was still being read when the app came
+                assert [(h["type"], REFUSED in h["message"]) for h in answers] == [("error", True)], name
+        assert all(frames_until_closed(sock) == [] for sock in silent)  # closed, unanswered
+        with pytest.raises(ConnectionRefusedError):  # once the app is in, nobody else can connect
+            socket.create_connection(("127.0.0.1", port), timeout=5)
+        app.sendall(encode_frame({"type": "shutdown", "id": "bye"}))
+        assert process.wait(timeout=20) == 0
+    finally:
+        process.kill()
+
+
+@pytest.mark.parametrize("token", [None, "", "short"])
+def test_the_engine_does_not_start_without_a_start_token(token: str | None) -> None:
+    environment = {name: value for name, value in os.environ.items() if name != TOKEN_ENV}
+    if token is not None:
+        environment[TOKEN_ENV] = token
+    done = subprocess.run([sys.executable, "-m", "engine.server"], cwd=ROOT, env=environment, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""  # never listened
+    assert done.stderr.strip() == (f"error: {TOKEN_ENV} must hold the start token (at least 32 characters) of the "
+                                   "app that runs this engine; the Omnivox app sets it")
+
+
 def test_respond_and_prefetch_without_a_model_are_refused(bare_engine: EngineProcess) -> None:
     bare_engine.send(RespondRequest("t1", text="hello", max_new_tokens=4).encode())
     bare_engine.request("prefetch", "f1", png(32, 0))
@@ -128,13 +202,15 @@ def test_respond_and_prefetch_without_a_model_are_refused(bare_engine: EnginePro
 
 
 BAD_MESSAGES = [
-    (raw_frame(b"{oops"), "", "malformed frame header: Expecting property name"),
-    (raw_frame({"v": 1, "type": "respond", "id": "m1"}), "m1", "frame header lacks payload_size"),
     (raw_frame({"v": 1, "type": "dance", "id": "u1", "payload_size": 2}, b"!!"), "u1", "unknown message type 'dance'"),
+    (raw_frame({"v": 1, "type": ["ping"], "id": "l1", "payload_size": 0}), "l1", "unknown message type ['ping']"),
+    (raw_frame({"v": 1, "type": {"a": 1}, "id": "d1", "payload_size": 1}, b"!"), "d1", "unknown message type {'a': 1}"),
+    (raw_frame({"v": 1, "type": "ping", "id": "x" * 200, "payload_size": 0}), "", "field id must be a string of at"),
+    (raw_frame(b'{"v":1,"type":"ping","id":"s1","payload_size":0,"x":"\\udc00"}'), "s1", "unpaired UTF-16 surrogate"),
     (raw_frame({"v": PROTOCOL_VERSION + 1, "type": "respond", "id": "n1", "payload_size": 3}, b"abc"), "n1",
      f"app speaks protocol {PROTOCOL_VERSION + 1}, engine speaks {PROTOCOL_VERSION}; update Omnivox"),
-    (raw_frame(b"x" * (MAX_HEADER + 5)), "", f"frame header of {MAX_HEADER + 5} bytes is over"),
     (encode_frame({"type": "pong", "id": "e1"}), "e1", "'pong' is not a request"),
+    (hello_frame("0" * 64), "", "hello is only the first frame"),
     (raw_frame({"v": 1, "type": "respond", "id": "r1", "payload_size": 3, "parts": {"text": 2}}, b"abc"), "r1",
      "respond r1: parts add up to 2 bytes but the payload has 3"),
     (encode_frame({"type": "load_model", "id": "l1"}), "l1", "load_model needs a model folder"),
@@ -151,16 +227,33 @@ def test_bad_messages_are_answered_and_the_connection_stays_up(bare_engine: Engi
     assert bare_engine.next()[0]["id"] == "still-there"
 
 
-def test_oversized_payload_is_refused_and_skipped(bare_engine: EngineProcess) -> None:
-    size = MAX_PAYLOAD + 1
-    bare_engine.send(raw_frame({"v": 1, "type": "prefetch", "id": "huge", "payload_size": size}))
-    chunk = bytes(1 << 20)
-    for start in range(0, size, len(chunk)):
-        bare_engine.send(chunk[: min(len(chunk), size - start)])
-    bare_engine.request("ping", "after")
-    error, pong = bare_engine.next()[0], bare_engine.next()[0]
-    assert error["id"] == "huge" and f"payload of {size} bytes is over the {MAX_PAYLOAD}-byte limit" in error["message"]
-    assert pong["type"] == "pong"
+def test_the_process_ends_when_the_app_leaves_after_a_bad_message() -> None:
+    engine = EngineProcess()
+    engine.send(raw_frame({"v": 1, "type": ["ping"], "id": "l1", "payload_size": 0}))  # killed the reader before
+    engine.request("ping", "p")
+    assert [h["type"] for h, _ in (engine.next(), engine.next())] == ["error", "pong"]
+    engine.stream.close()  # the socket's file keeps the connection open until it is closed too
+    engine.sock.close()
+    assert engine.process.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize(("frame", "message"), [
+    (raw_frame(b"[" * 60_000), "frame header nests deeper than 32 levels"),
+    (raw_frame({"v": 1, "type": "prefetch", "id": "huge", "payload_size": 2**62}),
+     f"payload of {2**62} bytes is over the {MAX_PAYLOAD}-byte limit"),
+    (raw_frame({"v": 1, "type": "prefetch", "id": "big", "payload_size": MAX_PAYLOAD + 1}),
+     f"payload of {MAX_PAYLOAD + 1} bytes is over"),
+    (struct.pack(">I", MAX_HEADER + 5), f"frame header of {MAX_HEADER + 5} bytes is over"),
+    (raw_frame(b"{oops"), "malformed frame header: Expecting property name"),
+    (raw_frame({"v": 1, "type": "respond", "id": "m1"}), "frame header lacks payload_size"),
+])
+def test_a_frame_that_cannot_be_framed_is_one_error_then_a_clean_end(frame: bytes, message: str) -> None:
+    engine = EngineProcess()
+    engine.send(frame)
+    (error,) = frames_until_closed(engine.sock)  # not a silently dead connection
+    assert error["type"] == "error" and message in error["message"], error
+    assert error["message"].endswith("; closing the connection")
+    assert engine.process.wait(timeout=10) == 0  # and no process lingering with a dead reader
 
 
 def test_loading_a_missing_model_is_one_error_line(bare_engine: EngineProcess, tmp_path: Path) -> None:
