@@ -113,14 +113,14 @@ class ModelManager(QObject):
     removed = Signal(str, str)  # name, why it could not be ("" when it was)
     failed = Signal(str)  # the catalogue could not be listed: one line
 
-    def __init__(self, data_dir: Path, endpoint: str | None = None, vocoder_url: str | None = None,
+    def __init__(self, data_dir: Path, endpoint: str | None = None, vocoder_source: Path | None = None,
                  python: str = sys.executable, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.options = ["--data-dir", str(data_dir)]
         if endpoint:
             self.options += ["--endpoint", endpoint]
-        if vocoder_url:
-            self.options += ["--vocoder-url", vocoder_url]
+        if vocoder_source:
+            self.options += ["--vocoder-source", str(vocoder_source)]
         self.lister = Command(python, self)
         self.lister.line.connect(self.on_listing_line)
         self.lister.ended.connect(self.on_listed)

@@ -1,4 +1,5 @@
-"""The released Lyra models: where they live on the hub and the shape of their architecture."""
+"""The released Lyra models: where they live on the hub and the shape of their architecture; the unit
+vocoder: where it is fetched from and what each of its files must be."""
 
 from __future__ import annotations
 
@@ -13,7 +14,34 @@ WHISPER_LARGE_V3 = {"whisper_width": 1280, "whisper_layers": 32, "whisper_ffn": 
 QWEN2VL_VIT = {"vision_width": 1280, "vision_depth": 32, "vision_heads": 16}
 CTC_GENERATOR = {"generator_width": 4096, "generator_heads": 32, "generator_ffn": 11008}
 LORA_RANKS = {"lora_rank": 64, "long_lora_rank": 128}
-VOCODER = {"repo": "fairseq unit HiFi-GAN (mhubert_vp_en_es_fr_it3_400k_layer11_km1000_lj)", "bytes": 55_000_000}
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file to fetch and what it must be. None where the value is not known: such a file is never installed."""
+
+    name: str
+    size: int | None
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class VocoderSource:
+    """Where the unit vocoder comes from (it is not on the hub) and its files (`models --vocoder-source` reads one)."""
+
+    url: str
+    files: tuple[RemoteFile, ...]
+
+
+# fairseq's unit HiFi-GAN (mhubert_vp_en_es_fr_it3_400k_layer11_km1000_lj, ~54 MB). Its exact sizes and
+# SHA-256 digests were not available where this catalogue was written (no network): they are left
+# unknown rather than guessed, so the model manager refuses to install the vocoder until they are filled
+# in here — or given with `models --vocoder-source FILE` — instead of trusting whatever bytes arrive.
+VOCODER = VocoderSource(
+    url="https://dl.fbaipublicfiles.com/fairseq/speech_to_speech/vocoder/code_hifigan/"
+        "mhubert_vp_en_es_fr_it3_400k_layer11_km1000_lj",
+    files=(RemoteFile("g_00500000", size=None, sha256=None), RemoteFile("config.json", size=None, sha256=None)),
+)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ import numpy as np
 
 from engine.errors import OmnivoxError
 from engine.media import DEFAULT_MAX_IMAGE_SIDE, DEFAULT_MAX_SPEECH_SECONDS, SAMPLE_RATE, open_image, read_speech
-from engine.models import VOCODER_URL
 from engine.quantize import PRECISIONS
 
 
@@ -46,7 +45,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     models = commands.add_parser("models", help="list, download, verify or remove Lyra models")
     models.add_argument("--data-dir", type=Path, help="Omnivox data folder (default: the user data folder)")
     models.add_argument("--endpoint", help="hub address (default: huggingface.co or $HF_ENDPOINT)")
-    models.add_argument("--vocoder-url", default=VOCODER_URL, help="folder URL the unit vocoder is fetched from")
+    models.add_argument("--vocoder-source", type=Path, metavar="FILE",
+                        help='JSON naming where the unit vocoder is fetched from and its files\' sizes and SHA-256: '
+                             '{"url": …, "files": {"g_00500000": {"size": …, "sha256": …}, "config.json": …}} '
+                             "(default: the catalogue's)")
     action = models.add_subparsers(dest="action", required=True)
     action.add_parser("list", help="the catalogue, what is installed and what fits this GPU").add_argument(
         "--json", action="store_true")
@@ -163,9 +165,11 @@ def default_data_dir() -> Path:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from engine.models import ModelStore, Progress, model_listing
+    from engine.catalog import VOCODER
+    from engine.models import ModelStore, Progress, model_listing, read_vocoder_source
 
-    store = ModelStore(args.data_dir or default_data_dir(), endpoint=args.endpoint, vocoder_url=args.vocoder_url)
+    vocoder = read_vocoder_source(args.vocoder_source) if args.vocoder_source else VOCODER
+    store = ModelStore(args.data_dir or default_data_dir(), endpoint=args.endpoint, vocoder=vocoder)
     if args.action == "list":
         rows = model_listing(store)
         if args.json:
@@ -185,7 +189,12 @@ def run_models(args: argparse.Namespace) -> int:
             share = f"{100 * done / total:5.1f}%" if total else f"{done / 1e6:8.1f} MB"
             print(f"\r{progress.file}: {share}", end="", file=sys.stderr, flush=True)
 
-        paths = store.download(args.name, progress=show)
+        try:
+            paths = store.download(args.name, progress=show)
+        except OmnivoxError:
+            if not args.json:
+                print(file=sys.stderr)  # end the progress line: the error gets a line of its own
+            raise
         if args.json:
             print(json.dumps({"event": "installed", "name": args.name, "folder": str(paths.folder),
                               "vocoder": str(paths.vocoder)}), flush=True)

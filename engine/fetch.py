@@ -115,13 +115,15 @@ def receive(url: str, part: Path, have: int, size: int, label: str, on_bytes: On
                 while have < size:
                     if cancel is not None and cancel.is_set():
                         raise DownloadCancelled(f"{label}: download cancelled; run it again to resume.")
-                    block = response.read(min(CHUNK, size - have))
-                    if not block:
-                        break
+                    block, cut = read_block(response, min(CHUNK, size - have))
                     out.write(block)
                     have += len(block)
-                    if on_bytes is not None:
+                    if block and on_bytes is not None:
                         on_bytes(have)
+                    if cut is not None:
+                        raise cut
+                    if not block:
+                        break
     except urllib.error.HTTPError as err:
         raise http_failure(label, part, err) from None
     except http.client.HTTPException as err:  # IncompleteRead of a cut chunked body, a garbled reply
@@ -133,6 +135,15 @@ def receive(url: str, part: Path, have: int, size: int, label: str, on_bytes: On
         raise interrupted(label, str(getattr(err, "reason", None) or err)) from None
     if have < size:
         raise interrupted(label, f"the connection closed after {have} of {size} bytes")
+
+
+def read_block(response: http.client.HTTPResponse, amount: int) -> tuple[bytes, http.client.IncompleteRead | None]:
+    """Up to `amount` bytes (b"" at the end), and the error that cut a chunked body short: the whole chunks
+    that arrived before the cut come with it, so the resume starts after them."""
+    try:
+        return response.read(amount), None
+    except http.client.IncompleteRead as cut:
+        return cut.partial, cut
 
 
 def interrupted(label: str, why: str) -> DownloadInterrupted:

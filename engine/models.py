@@ -1,39 +1,35 @@
 """Model manager: what is installed, downloading (progress, resume, cancel), verifying, removing.
 
-huggingface_hub finds a Lyra repository's files and their URLs. The bytes are fetched here, with
-HTTP Range requests into `<file>.part` beside the target: huggingface_hub 2.x downloads every
-attempt into a fresh process-unique temporary file, so a 5 GB shard cut off by a closed laptop
-would start over — here it continues where it stopped. The unit vocoder (not on the hub) comes
-the same way. `models.json` in the data folder records each finished model; a model is listed as
-installed only once every file arrived whole. Progress is reported for the whole model, not only
-file by file, so one bar can show it.
+huggingface_hub lists a Lyra repository's files with their sizes and checksums (SHA-256 for LFS
+files, the git blob id for small ones) and gives their URLs. The bytes are fetched by
+`engine.fetch`, with HTTP Range requests into `<file>.part` beside the target: huggingface_hub 2.x
+downloads every attempt into a fresh process-unique temporary file, so a 5 GB shard cut off by a
+closed laptop would start over — here it continues where it stopped. Every file is checked
+against its size and checksum before it is renamed into place, and every name in the listing must
+stay inside the model folder. The unit vocoder (not on the hub) comes the same way, checked
+against the sizes and SHA-256 digests of the catalogue (`engine.catalog.VOCODER`); a file whose
+size or checksum is not known is never installed. `models.json` in the data folder records each
+finished model; a model is listed as installed only once every file arrived whole. Progress is
+reported for the whole model, not only file by file, so one bar can show it.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.catalog import CATALOG, CatalogModel
+from engine.catalog import CATALOG, VOCODER, CatalogModel, RemoteFile, VocoderSource
 from engine.errors import OmnivoxError
+from engine.fetch import CHUNK, DownloadCancelled, DownloadError, Expected, fetch, inside, is_verified
 
-VOCODER_URL = ("https://dl.fbaipublicfiles.com/fairseq/speech_to_speech/vocoder/code_hifigan/"
-               "mhubert_vp_en_es_fr_it3_400k_layer11_km1000_lj")
-VOCODER_FILES = ("g_00500000", "config.json")
-CHUNK = 1 << 20
+__all__ = ["CHUNK", "DownloadCancelled", "DownloadError", "ModelPaths", "ModelStore", "Progress", "model_listing"]
+
 ProgressCallback = Callable[[str, int, int | None], None]  # file, bytes done, bytes total
-
-
-class DownloadCancelled(OmnivoxError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -42,7 +38,7 @@ class Progress:
     file_done: int
     file_total: int | None
     done: int  # bytes of the whole model on disk, earlier runs' included
-    total: int  # bytes of the whole model as far as known: the vocoder's size is learnt when it starts
+    total: int  # bytes of the whole model, the vocoder's included
 
 
 class Tally:
@@ -73,18 +69,38 @@ def catalog_entry(name: str) -> CatalogModel:
 
 
 def download_failure(what: str, err: BaseException) -> OmnivoxError:
-    """Translate network and disk failures into one actionable line."""
-    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-        return OmnivoxError(f"{what}: the disk is full; free some space and run the download again (it resumes).")
+    """The hub could not be asked: one actionable line."""
     return OmnivoxError(f"{what}: download failed ({type(err).__name__}: {err}); check the network and retry "
                         "(it resumes where it stopped).")
 
 
+def read_vocoder_source(path: Path) -> VocoderSource:
+    """A vocoder source from JSON: {"url": …, "files": {"g_00500000": {"size": …, "sha256": …}, …}}."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        files = tuple(RemoteFile(name, int(spec["size"]), str(spec["sha256"])) for name, spec in raw["files"].items())
+        source = VocoderSource(str(raw["url"]), files)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as err:
+        raise OmnivoxError(f"{path}: not a vocoder source ({type(err).__name__}: {err}); expected JSON with "
+                           '"url" and "files": {name: {"size", "sha256"}}.') from None
+    if {file.name for file in files} != {file.name for file in VOCODER.files}:
+        raise OmnivoxError(f"{path}: a vocoder source must name the files "
+                           f"{', '.join(file.name for file in VOCODER.files)}.")
+    return source
+
+
+def hub_expectation(label: str, sibling) -> Expected:  # noqa: ANN001 - huggingface_hub's RepoSibling
+    """Size and checksum the hub lists for one file: SHA-256 for LFS files, the git blob id for the rest."""
+    if sibling.lfs is not None:
+        return Expected.known(label, sibling.lfs.size, sha256=sibling.lfs.sha256)
+    return Expected.known(label, sibling.size, git_blob_sha1=sibling.blob_id)
+
+
 class ModelStore:
-    def __init__(self, data_dir: Path, endpoint: str | None = None, vocoder_url: str = VOCODER_URL) -> None:
+    def __init__(self, data_dir: Path, endpoint: str | None = None, vocoder: VocoderSource = VOCODER) -> None:
         self.data_dir = data_dir
         self.endpoint = endpoint
-        self.vocoder_url = vocoder_url.rstrip("/")
+        self.vocoder = vocoder
         self.registry_path = data_dir / "models.json"
 
     # ---- registry -----------------------------------------------------------------------
@@ -113,52 +129,51 @@ class ModelStore:
                  cancel: threading.Event | None = None) -> ModelPaths:
         entry = catalog_entry(name)
         cancel = cancel or threading.Event()
+        vocoder_files = self.vocoder_expectations()  # before any byte: an unverifiable vocoder fails at once
         sha, files = self.repo_files(entry)
-        sizes = {f"{entry.repo}/{filename}": size for filename, size in files.items()}
+        folder = self.model_folder(entry.name)
+        targets = listing_targets(folder, files)
+        sizes = {f"{entry.repo}/{filename}": expected.size for filename, expected in files.items()}
+        sizes |= {f"vocoder/{filename}": expected.size for filename, expected in vocoder_files.items()}
         report = Tally(progress or (lambda _: None), sizes)
-        folder = self.download_repo(entry, sha, files, report, cancel)
-        vocoder = self.download_vocoder(folder / "vocoder", report, cancel)  # where the loader looks by default
+        self.download_repo(entry, sha, files, targets, report, cancel)
+        vocoder = self.download_vocoder(folder / "vocoder", vocoder_files, report, cancel)  # where the loader looks
         registry = self.registry()
-        registry[name] = {"repo": entry.repo, "folder": str(folder), "vocoder": str(vocoder), "files": files}
+        registry[name] = {"repo": entry.repo, "folder": str(folder), "vocoder": str(vocoder),
+                          "files": {filename: expected.size for filename, expected in files.items()}}
         self.save_registry(registry)
         return ModelPaths(folder, vocoder)
 
-    def repo_files(self, entry: CatalogModel) -> tuple[str | None, dict[str, int]]:
-        """The repository's commit and its files' sizes, from the hub."""
+    def vocoder_expectations(self) -> dict[str, Expected]:
+        return {file.name: Expected.known(f"vocoder/{file.name}", file.size, file.sha256)
+                for file in self.vocoder.files}
+
+    def repo_files(self, entry: CatalogModel) -> tuple[str | None, dict[str, Expected]]:
+        """The repository's commit and what each of its files must be, from the hub."""
         from huggingface_hub import HfApi
 
         try:
             info = HfApi(endpoint=self.endpoint).model_info(entry.repo, files_metadata=True)
         except Exception as err:  # transport and hub errors alike mean "could not ask the hub"
             raise download_failure(entry.repo, err) from err
-        files = {sibling.rfilename: sibling.size or 0 for sibling in info.siblings or []}
-        if not files:
+        siblings = info.siblings or []
+        if not siblings:
             raise OmnivoxError(f"{entry.repo}: the hub lists no files for this model.")
-        return info.sha, files
+        return info.sha, {s.rfilename: hub_expectation(f"{entry.repo}/{s.rfilename}", s) for s in siblings}
 
-    def download_repo(self, entry: CatalogModel, sha: str | None, files: dict[str, int], report: ProgressCallback,
-                      cancel: threading.Event) -> Path:
+    def download_repo(self, entry: CatalogModel, sha: str | None, files: dict[str, Expected],
+                      targets: dict[str, Path], report: ProgressCallback, cancel: threading.Event) -> None:
         from huggingface_hub import hf_hub_url
 
-        folder = self.model_folder(entry.name)
-        for filename, size in files.items():
-            target, label = folder / filename, f"{entry.repo}/{filename}"
-            if target.is_file() and target.stat().st_size == size:
-                report(label, size, size)  # finished in an earlier run
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
+        for filename, expected in files.items():
             url = hf_hub_url(entry.repo, filename, revision=sha, endpoint=self.endpoint)
-            self.fetch_resumable(url, target, label, report, cancel)
-        return folder
+            fetch_checked(url, targets[filename], expected, f"{entry.repo}/{filename}", report, cancel)
 
-    def download_vocoder(self, folder: Path, report: ProgressCallback, cancel: threading.Event) -> Path:
-        folder.mkdir(parents=True, exist_ok=True)
-        for filename in VOCODER_FILES:
-            target, label = folder / filename, f"vocoder/{filename}"
-            if target.exists():
-                report(label, target.stat().st_size, target.stat().st_size)
-            else:
-                self.fetch_resumable(f"{self.vocoder_url}/{filename}", target, label, report, cancel)
+    def download_vocoder(self, folder: Path, files: dict[str, Expected], report: ProgressCallback,
+                         cancel: threading.Event) -> Path:
+        for filename, expected in files.items():
+            url = f"{self.vocoder.url.rstrip('/')}/{filename}"
+            fetch_checked(url, folder / filename, expected, f"vocoder/{filename}", report, cancel)
         return folder
 
     def model_folder(self, name: str) -> Path:
@@ -170,34 +185,6 @@ class ModelStore:
         if self.installed(name) is not None or not folder.is_dir():
             return 0
         return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
-
-    def fetch_resumable(self, url: str, target: Path, label: str, report: ProgressCallback,
-                        cancel: threading.Event) -> None:
-        """GET `url` into `target` through `target.part`, continuing a previous partial file."""
-        partial = target.with_name(target.name + ".part")
-        done = partial.stat().st_size if partial.exists() else 0
-        request = urllib.request.Request(url, headers={"Range": f"bytes={done}-"} if done else {})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                if done and response.status != 206:
-                    done = 0  # the server ignored the Range: start over
-                length = response.headers.get("Content-Length")
-                total = done + int(length) if length else None
-                with open(partial, "ab" if done else "wb") as out:
-                    while chunk := response.read(CHUNK):
-                        if cancel.is_set():
-                            raise DownloadCancelled(f"{label}: download cancelled; run it again to resume.")
-                        out.write(chunk)
-                        done += len(chunk)
-                        report(label, done, total)
-            if total is not None and done < total:
-                raise ConnectionError(f"the server closed the connection after {done} of {total} bytes")
-        except urllib.error.HTTPError as err:
-            if err.code != 416:  # 416: the partial file is already whole
-                raise download_failure(label, err) from err
-        except OSError as err:
-            raise download_failure(label, err) from err
-        os.replace(partial, target)
 
     # ---- verify / remove ----------------------------------------------------------------
 
@@ -214,9 +201,9 @@ class ModelStore:
                 problems.append(f"missing {filename}")
             elif size and path.stat().st_size != size:
                 problems.append(f"{filename} has {path.stat().st_size} bytes, expected {size}")
-        for filename in VOCODER_FILES:
-            if not (Path(record["vocoder"]) / filename).is_file():
-                problems.append(f"missing vocoder/{filename}")
+        for file in self.vocoder.files:
+            if not (Path(record["vocoder"]) / file.name).is_file():
+                problems.append(f"missing vocoder/{file.name}")
         if not problems:
             from engine.checkpoint import locate, read_index
 
@@ -238,6 +225,25 @@ class ModelStore:
             return
         self.save_registry(registry)  # forget first: a half-deleted folder is never listed as installed
         shutil.rmtree(record["folder"], ignore_errors=True)
+
+
+def listing_targets(folder: Path, files: dict[str, Expected]) -> dict[str, Path]:
+    """Where each listed file goes; DownloadError before any byte when a name leaves the folder."""
+    targets = {filename: inside(folder, filename) for filename in files}
+    reserved = [filename for filename in files if filename.split("/")[0] == "vocoder"]
+    if reserved:
+        raise DownloadError(f"the listing names {reserved[0]!r} in vocoder/, which holds the separately "
+                            "verified vocoder; refusing the download.")
+    return targets
+
+
+def fetch_checked(url: str, target: Path, expected: Expected, label: str, report: ProgressCallback,
+                  cancel: threading.Event) -> None:
+    """Fetch one file unless a verified copy is in place (an earlier run's); a damaged one is fetched again."""
+    if is_verified(target, expected):
+        report(label, expected.size, expected.size)
+        return
+    fetch(url, target, expected, label, lambda done: report(label, done, expected.size), cancel)
 
 
 HEADROOM_BYTES = 1_500_000_000  # activations, KV cache of a long turn, CUDA context

@@ -11,7 +11,7 @@ from PySide6.QtCore import Qt
 from app.model_manager import ModelManager, failure_line, parse_listing
 from app.window.model_dialog import ModelDialog
 from engine.catalog import CATALOG
-from engine.models import CHUNK, ModelStore
+from engine.models import CHUNK, ModelStore, read_vocoder_source
 from tests.engine.hub_standin import HubStandIn
 
 NAME = "Lyra-Mini-3B"
@@ -48,7 +48,7 @@ def cells(dialog: ModelDialog, row: int) -> list[str]:
 
 
 def test_download_with_progress_then_use(qtbot, hub: HubStandIn, tmp_path: Path, managers) -> None:
-    manager = ModelManager(tmp_path / "data", endpoint=hub.url, vocoder_url=f"{hub.url}/vocoder")
+    manager = ModelManager(tmp_path / "data", endpoint=hub.url, vocoder_source=hub.vocoder_source(tmp_path / "v.json"))
     dialog = open_dialog(qtbot, manager, managers)
     assert [cells(dialog, row)[:4] for row in range(2)] == [
         ["Lyra-Mini-3B", "3.28 B", "6.6 GB", "2.2 GB"], ["Lyra-Base-9B", "9.37 B", "18.7 GB", "6.1 GB"]]
@@ -71,7 +71,7 @@ def test_download_with_progress_then_use(qtbot, hub: HubStandIn, tmp_path: Path,
 
 
 def test_cancel_then_resume(qtbot, hub: HubStandIn, test_model: Path, tmp_path: Path, managers) -> None:
-    manager = ModelManager(tmp_path / "data", endpoint=hub.url, vocoder_url=f"{hub.url}/vocoder")
+    manager = ModelManager(tmp_path / "data", endpoint=hub.url, vocoder_source=hub.vocoder_source(tmp_path / "v.json"))
     dialog = open_dialog(qtbot, manager, managers)
     hub.delay_per_chunk = 0.05  # 16 KB every 50 ms: seconds into the 1.6 MB shard, the first MB is on disk
     dialog.download()
@@ -106,9 +106,10 @@ def test_cancel_then_resume(qtbot, hub: HubStandIn, test_model: Path, tmp_path: 
 
 
 def test_remove_after_asking(qtbot, hub: HubStandIn, tmp_path: Path, managers) -> None:
-    store = ModelStore(tmp_path / "data", endpoint=hub.url, vocoder_url=f"{hub.url}/vocoder")
+    store = ModelStore(tmp_path / "data", endpoint=hub.url,
+                       vocoder=read_vocoder_source(hub.vocoder_source(tmp_path / "v.json")))
     folder = store.download(NAME).folder
-    manager = ModelManager(tmp_path / "data", endpoint=hub.url, vocoder_url=f"{hub.url}/vocoder")
+    manager = ModelManager(tmp_path / "data", endpoint=hub.url, vocoder_source=hub.vocoder_source(tmp_path / "v.json"))
     dialog = open_dialog(qtbot, manager, managers)
     assert cells(dialog, 0)[5] == "installed" and dialog.remove_button.isEnabled()
     asked: list[str] = []
@@ -127,7 +128,8 @@ def test_remove_after_asking(qtbot, hub: HubStandIn, tmp_path: Path, managers) -
 
 
 def test_no_network_is_one_line_in_the_dialog(qtbot, hub: HubStandIn, tmp_path: Path, managers) -> None:
-    manager = ModelManager(tmp_path / "data", endpoint="http://127.0.0.1:9", vocoder_url="http://127.0.0.1:9")
+    manager = ModelManager(tmp_path / "data", endpoint="http://127.0.0.1:9",
+                           vocoder_source=hub.vocoder_source(tmp_path / "v.json"))
     dialog = open_dialog(qtbot, manager, managers)
     with qtbot.waitSignal(manager.stopped, timeout=PROCESS_MS):
         dialog.download()
@@ -150,3 +152,15 @@ def test_command_output_parsing() -> None:
     assert failure_line("", 9) == "the model manager exited with status 9"
     with pytest.raises(ValueError, match="unreadable model list"):
         parse_listing('[{"name": "x"}]')
+
+
+def test_a_cut_chunked_download_stops_with_a_resumable_reason(qtbot, hub: HubStandIn, tmp_path: Path,
+                                                              managers) -> None:
+    manager = ModelManager(tmp_path / "data", endpoint=hub.url, vocoder_source=hub.vocoder_source(tmp_path / "v.json"))
+    managers.append(manager)
+    hub.chunked, hub.drop_after_bytes = True, 40000  # no Content-Length; the body ends mid-file
+    with qtbot.waitSignal(manager.stopped, timeout=PROCESS_MS) as stopped:
+        manager.download(NAME)
+    assert stopped.args[0] == NAME and "IncompleteRead" in stopped.args[1]
+    assert "resumes where it stopped" in stopped.args[1] and "\n" not in stopped.args[1]
+    assert list((tmp_path / "data").rglob("*.part")) and ModelStore(tmp_path / "data").installed(NAME) is None
