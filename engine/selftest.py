@@ -6,6 +6,9 @@ NF4 model through bitsandbytes → streamed text and speech), and checks that te
 back. Before that it loads the native libraries the window needs outside the engine (PortAudio,
 webrtcvad, OpenCV, LiveKit's echo canceller), because a frozen build most often breaks by losing one.
 
+First of all it imports every module of the app and the engine, one by one, so that a frozen build
+missing a package's files names the import that broke.
+
 Prints one line either way: `self-test passed: …` (exit 0) or `self-test failed: <step>: <why>` (exit 1).
 """
 
@@ -13,9 +16,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +30,13 @@ QUESTION_SECONDS = 2.0
 QUESTION_RATE = 44100  # not 16 kHz, so resampling runs as it does for a real microphone or file
 REPLY_TOKENS = 8
 NATIVE_MODULES = ("sounddevice", "webrtcvad", "cv2", "soundfile", "soxr")
+APP_PACKAGES = ("engine", "app")
 
 
 class StepFailed(Exception):
-    def __init__(self, step: str, error: BaseException) -> None:
+    def __init__(self, step: str, error: BaseException, where: str = "") -> None:
         detail = f": {error}" if str(error) else ""
-        super().__init__(f"{step}: {type(error).__name__}{detail}")
+        super().__init__(f"{step}: {where}{': ' if where else ''}{type(error).__name__}{detail}")
 
 
 def voiced_signal(seconds: float, rate: int) -> np.ndarray:
@@ -48,6 +55,32 @@ def step(name: str):  # noqa: ANN201 - a decorator
                 raise StepFailed(name, err) from err
         return run
     return wrap
+
+
+def raising_module(error: BaseException) -> str:
+    """The module whose code raised `error`: the deepest frame outside Python's import machinery."""
+    names = [frame.f_globals.get("__name__", "?") for frame, _ in traceback.walk_tb(error.__traceback__)]
+    outside_importlib = [name for name in names if not name.startswith("importlib")]
+    return outside_importlib[-1] if outside_importlib else "?"
+
+
+def module_names(package: str) -> Iterator[str]:
+    """`package` and every module below it. Lazy: each package is imported by the caller before
+    pkgutil looks inside it, so a failure is the caller's to report."""
+    yield package
+    for module in pkgutil.walk_packages(importlib.import_module(package).__path__, f"{package}."):
+        yield module.name
+
+
+def import_app_modules() -> None:
+    for package in APP_PACKAGES:
+        for name in module_names(package):
+            try:
+                importlib.import_module(name)
+            except Exception as err:  # named here, before a later step fails on it without saying where
+                raised_in = raising_module(err)
+                where = name if raised_in in (name, "?") else f"{name} (raised in {raised_in})"
+                raise StepFailed("imports", err, where) from err
 
 
 @step("native libraries")
@@ -116,6 +149,7 @@ def answer(lyra, speech) -> tuple[object, float]:  # noqa: ANN001 - engine types
 def run(_args: argparse.Namespace | None = None) -> int:
     started = time.perf_counter()
     try:
+        import_app_modules()
         load_native_modules()
         load_echo_canceller()
         with tempfile.TemporaryDirectory(prefix="omnivox-self-test-") as temporary:

@@ -16,7 +16,10 @@ WORK="${OMNIVOX_BUILD:-build}"
 VERSION=$("$PYTHON" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 mkdir -p "$OUT" "$WORK"
 
-"$PYTHON" -m PyInstaller --version >/dev/null 2>&1 || "$PYTHON" -m pip install -q -e ".[build]"
+if ! "$PYTHON" -m PyInstaller --version >/dev/null 2>&1; then
+    echo "error: $PYTHON has no PyInstaller: run scripts/setup.sh (it installs the locked build tools)" >&2
+    exit 1
+fi
 
 # The GPU runtime's manifest. Without one the app still runs (on the CPU) and says so, which is
 # why a failed resolution (an index without the CUDA wheels, no network) only warns.

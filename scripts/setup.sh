@@ -15,12 +15,27 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
 fi
 
 PYTHON="${PYTHON:-python3}"
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-# A CUDA build when an NVIDIA driver is present, otherwise the CPU build.
+# The venv holds exactly what requirements/ locks (scripts/lock.py writes it): torch's CUDA build
+# where an NVIDIA driver is present, its CPU build elsewhere. A venv made from other lock files
+# (or by hand) is made anew, so that every machine runs the set of versions the tests ran.
+torch_lock=requirements/cpu.txt
 if command -v nvidia-smi >/dev/null 2>&1; then
-    .venv/bin/python -m pip install -q "torch>=2.6,<2.15"
-else
-    .venv/bin/python -m pip install -q "torch==2.13.0"
+    torch_lock=requirements/cuda.txt
 fi
-.venv/bin/python -m pip install -q -e ".[dev]"
+stamp=$(cat requirements/common.txt "$torch_lock" pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ "$(cat .venv/omnivox-lock 2>/dev/null)" != "$stamp" ]; then
+    rm -rf .venv
+    "$PYTHON" -m venv .venv
+    # --no-deps: the lock already names every package; nothing unlocked can come in beside it.
+    if ! .venv/bin/python -m pip install -q --require-hashes --no-deps -r requirements/common.txt -r "$torch_lock"; then
+        echo "error: could not install the locked packages (above). torch's CPU build is locked for CPython 3.11" \
+             "on Linux: run with PYTHON=python3.11, and give pip PyTorch's CPU wheel index if it lacks it." >&2
+        exit 1
+    fi
+    .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+    if ! report=$(.venv/bin/python -m pip check); then
+        echo "$report" >&2
+        exit 1
+    fi
+    echo "$stamp" > .venv/omnivox-lock
+fi

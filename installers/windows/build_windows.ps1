@@ -1,7 +1,8 @@
 # Builds dist\omnivox-<version>-windows-x64-setup.exe. NOT RUN on the Linux build machine.
 #
-# Needs: Python 3.11 x64 with the project installed (py -3.11 -m venv .venv; .venv\Scripts\pip install
-# "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu; .venv\Scripts\pip install -e ".[build]"),
+# Needs: Python 3.11 x64 with the project installed from the lock (py -3.11 -m venv .venv;
+# .venv\Scripts\pip install --require-hashes --no-deps -r requirements\common.txt -r requirements\cpu.txt;
+# .venv\Scripts\pip install --no-deps --no-build-isolation -e .) — PyPI's Windows torch is the CPU build,
 # and Inno Setup 6 (ISCC.exe on PATH or in its default folder).
 # The app needs the MSVC runtime, which the torch wheel already carries as DLLs.
 $ErrorActionPreference = "Stop"
