@@ -19,6 +19,7 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from transformers import PreTrainedTokenizerBase
 from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 
@@ -57,6 +58,7 @@ def load_lyra(
     files = checkpoint.locate(folder, vocoder)
     config = LyraConfig.from_file(files.config)
     index = checkpoint.read_index(files)
+    config.check_weights({name: info.shape for name, info in index.items()}, str(files.config))
     projectors = {name: checkpoint.adapter_projector(path) for name, path in files.adapters.items()}
     dims = speech_encoder_dims(index, projectors["speech"])
 
@@ -83,9 +85,19 @@ def check_attention(attn_implementation: str, precision: Precision) -> None:
         raise OmnivoxError("flash_attention_2 needs a CUDA GPU and the flash-attn package; use sdpa.")
 
 
+class EmptyOnMeta(TorchFunctionMode):
+    """`torch.empty` without a device makes meta tensors: weight matrices are never allocated, not even for a moment."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
+        kwargs = kwargs or {}
+        if func is torch.empty and kwargs.get("device") is None:
+            kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
 @contextlib.contextmanager
 def parameters_on_meta() -> Iterator[None]:
-    """Create parameters on the meta device but buffers (rotary tables) for real."""
+    """Create parameters on the meta device from the start but buffers (rotary tables) for real."""
     original = nn.Module.register_parameter
 
     def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
@@ -95,7 +107,8 @@ def parameters_on_meta() -> Iterator[None]:
 
     nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
     try:
-        yield
+        with EmptyOnMeta():  # modules make their weights with torch.empty; the few made otherwise are small
+            yield
     finally:
         nn.Module.register_parameter = original  # type: ignore[method-assign]
 
