@@ -104,6 +104,7 @@ class Session:
         self.next_position = 0
         self.turns = 0
         self.prefetched: Prefetched | None = None
+        self.turn_tokens = 0  # cached + new tokens of the turn running now
 
     @torch.inference_mode()
     def prefetch(self, image: Image.Image) -> None:
@@ -178,11 +179,46 @@ class Session:
     def cached_tokens(self) -> int:
         return self.cache.get_seq_length(0) if len(self.cache.layers) else 0
 
-    @torch.inference_mode()
     def respond(self, request: TurnRequest, cancel: threading.Event | None = None) -> Iterator[Event]:
+        """Run one turn. When it fails part-way (out of GPU memory at some layer, overflowing numbers),
+        the conversation is put back as it was before the turn — positions, turn count, every layer's
+        cache — and a prefetch the turn took is dropped, since the failed prompt may have overwritten it."""
         request.validate()
-        cancel = cancel or threading.Event()
+        before = self.checkpoint()
+        try:
+            yield from self.run_turn(request, cancel or threading.Event())
+        except torch.OutOfMemoryError as err:
+            tokens = self.turn_tokens
+            self.restore(before)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # hand the failed turn's blocks back to the driver
+            raise OmnivoxError(
+                f"out of GPU memory at {tokens} tokens in the conversation; send shorter audio or a smaller image, "
+                "start a new conversation, or choose a smaller model (the conversation is as before this turn)."
+            ) from err
+        except Exception:
+            self.restore(before)
+            raise
+
+    def checkpoint(self) -> tuple[list[int], int, int]:
+        """Where the conversation stands without any pending prefetch: what a failed turn returns to."""
+        if self.prefetched is not None:
+            lengths, position = self.prefetched.rollback
+        else:
+            lengths, position = self.cache.lengths(), self.next_position
+        return lengths, position, self.turns
+
+    def restore(self, saved: tuple[list[int], int, int]) -> None:
+        if self.prefetched is not None:
+            return  # the turn failed before it took or dropped the prefetch: nothing has changed yet
+        lengths, self.next_position, self.turns = saved
+        self.cache.truncate(lengths)  # layers below the failing one already hold the new prompt
+        self.cache.release_spare()
+
+    @torch.inference_mode()
+    def run_turn(self, request: TurnRequest, cancel: threading.Event) -> Iterator[Event]:
         model = self.lyra.model
+        self.turn_tokens = self.cached_tokens
         start = time.perf_counter()
         timings: dict[str, float] = {}
 
@@ -217,6 +253,7 @@ class Session:
         positions, self.next_position = mrope_positions(rest, self.next_position)
         media_mask = torch.tensor([piece.is_media for piece in rest for _ in range(piece.length)])
         self.turns += 1
+        self.turn_tokens = self.cached_tokens + embeds.shape[0]  # for the out-of-memory message
 
         hidden, kept = self.forward(embeds, positions, media_mask, self.extraction, prefix)
         kv_tokens = extraction.kv_cache_tokens(self.cache)
@@ -235,7 +272,17 @@ class Session:
             return AudioChunk(pcm)
 
         while True:
-            token = int(model.logits(hidden).argmax())
+            logits = model.logits(hidden).reshape(-1)
+            token_id = logits.argmax()  # argmax picks a NaN or +inf if there is one
+            finite = logits[token_id].isfinite()
+            # One copy to the host per token: the token, whether it is finite, and the speech frames.
+            frames = speech_out.frames(hidden[0]) if speech_out is not None else token_id.new_zeros(0)
+            token, is_finite, *frame_ids = torch.cat([token_id.view(1), finite.view(1).long(), frames]).tolist()
+            if not is_finite:
+                raise OmnivoxError(
+                    f"the model's numbers overflowed in {str(model.dtype).removeprefix('torch.')} at reply token "
+                    f"{len(generated) + 1}; choose fp32, or bf16 on a GPU with compute capability 8.0 or later."
+                )
             if token in self.end_ids:
                 break
             generated.append(token)
@@ -245,16 +292,17 @@ class Session:
                 yield TextDelta(decoded[len(text):])
                 text = decoded
             if speech_out is not None:
-                audio = speech_out.push(hidden[0])
+                audio = speech_out.push_frames(frame_ids)
                 if audio.size:
                     yield audio_out(audio)
             if cancel.is_set():
                 cancelled = True
                 break
-            position = torch.full((3, 1), self.next_position, dtype=torch.long)
+            position = torch.full((3, 1), self.next_position, dtype=torch.long, device=model.device)
             self.next_position += 1
+            self.turn_tokens += 1
             steps += 1
-            hidden, _ = self.forward(model.embed_tokens(torch.tensor([token])), position)
+            hidden, _ = self.forward(model.embed_tokens(token_id.view(1)), position)
             if len(generated) >= request.max_new_tokens or cancel.is_set():
                 cancelled = cancel.is_set()
                 break

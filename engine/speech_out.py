@@ -35,7 +35,15 @@ class SpeechOutput:
 
     def push(self, hidden_state: torch.Tensor) -> np.ndarray:
         """Feed one generated token's final hidden state; returns audio that is now final (maybe empty)."""
-        new_units = self.units.push(hidden_state)
+        return self.push_frames(self.frames(hidden_state).tolist())
+
+    def frames(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        """First half of `push`: the token's CTC frame ids, computed on the generator's device."""
+        return self.units.frames(hidden_state)
+
+    def push_frames(self, frame_ids: list[int]) -> np.ndarray:
+        """Second half of `push`: the frame ids `frames` returned, brought to the host."""
+        new_units = self.units.collapse(frame_ids)
         self.unit_count += len(new_units)
         self.waiting += new_units
         if len(self.waiting) < (self.later_chunk if self.sent_any else self.first_chunk):

@@ -54,6 +54,12 @@ class GrowingLayer(DynamicLayer):
             self.length = length
             self.keys, self.values = self.key_buffer[:, :, :length], self.value_buffer[:, :, :length]
 
+    def release_spare(self) -> None:
+        """Shrink the buffers to what the layer holds (after a failed turn grew them for nothing)."""
+        if self.is_initialized and self.key_buffer.shape[2] > max(self.length, MIN_CAPACITY):
+            self.reserve(max(self.length, MIN_CAPACITY))
+            self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
+
     def reset(self) -> None:
         self.keys = self.values = None
         self.is_initialized = False
@@ -72,3 +78,7 @@ class GrowingCache(Cache):
         """Roll every layer back to `lengths` (layers created since then back to empty)."""
         for index, layer in enumerate(self.layers):
             layer.truncate(lengths[index] if index < len(lengths) else 0)
+
+    def release_spare(self) -> None:
+        for layer in self.layers:
+            layer.release_spare()

@@ -14,9 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from transformers import WhisperConfig
+from transformers import AttentionInterface, WhisperConfig
 from transformers.cache_utils import Cache
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfig, Qwen2VLVisionConfig
 from transformers.models.qwen2_vl.modeling_qwen2_vl import (
     Qwen2VisionTransformerPretrainedModel,
@@ -32,6 +34,7 @@ WHISPER_HEAD_DIM = 64  # every Whisper size uses 64-wide heads; the head count f
 VISION_KEYS = ("depth", "embed_dim", "hidden_size", "hidden_act", "mlp_ratio", "num_heads",
                "patch_size", "spatial_merge_size", "temporal_patch_size")
 ADAPTERS = ("speech", "long_speech")
+GROUPED_SDPA = "omnivox_sdpa"  # the LLM's SDPA, registered with transformers below
 
 
 @dataclass(frozen=True)
@@ -88,12 +91,57 @@ def whisper_config(dims: SpeechEncoderDims, attn_implementation: str) -> Whisper
     )
 
 
+def flash_takes_groups(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether SDPA can run grouped KV heads (`enable_gqa`) without a mask in a fused kernel.
+
+    On the CPU the fused kernel takes them. On CUDA, torch 2.13 accepts grouped heads only in the flash
+    kernel (the memory-efficient kernel checks `check_batch_size_and_num_heads_dense<supports_gqa=false>`,
+    sdp_utils_cpp.h), and flash needs compute capability 8.0+, fp16/bf16 and head_dim ≤ 256.
+    """
+    if device.type != "cuda":
+        return True
+    return (torch.backends.cuda.flash_sdp_enabled() and dtype in (torch.float16, torch.bfloat16)
+            and torch.cuda.get_device_capability(device) >= (8, 0) and head_dim <= 256 and head_dim % 8 == 0)
+
+
+def grouped_sdpa_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    **kwargs: object,
+) -> tuple[torch.Tensor, None]:
+    """transformers' SDPA, except for a maskless prefill that flash cannot take with grouped KV heads.
+
+    transformers then passes `enable_gqa=True`, and without flash (Turing, or fp32) SDPA falls back to
+    its math kernel: O(heads · T²) fp32 scores on a first-turn prefill, gigabytes at 16k tokens. Expanded
+    KV heads (a transient heads/kv_heads copy of this layer's keys and values) let the memory-efficient
+    kernel run instead.
+    """
+    length, heads = query.shape[2], query.shape[1]
+    if attention_mask is None and length > 1 and key.shape[1] != heads and not flash_takes_groups(
+            query.device, query.dtype, query.shape[-1]):
+        groups = heads // key.shape[1]
+        out = F.scaled_dot_product_attention(query, repeat_kv(key, groups), repeat_kv(value, groups),
+                                             is_causal=module.is_causal, scale=scaling)
+        return out.transpose(1, 2).contiguous(), None
+    return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+
+
+AttentionInterface.register(GROUPED_SDPA, grouped_sdpa_attention)
+
+
 class LyraModel(nn.Module):
     def __init__(self, config: LyraConfig, speech_dims: SpeechEncoderDims, attn_implementation: str = "sdpa"):
         super().__init__()
         self.config = config
         hidden = config.text.hidden_size
+        self.attention = attn_implementation
         self.llm = Qwen2VLTextModel(text_config(config, attn_implementation))
+        if attn_implementation == "sdpa":  # the LLM is the only part with grouped KV heads
+            self.llm.config._attn_implementation = GROUPED_SDPA
         self.lm_head = nn.Linear(hidden, config.text.vocab_size, bias=False)
         self.vision_tower = Qwen2VisionTransformerPretrainedModel(vision_config(config, attn_implementation))
         self.speech_tower = WhisperEncoder(whisper_config(speech_dims, attn_implementation))
@@ -167,10 +215,9 @@ class LyraModel(nn.Module):
         T×T float mask would cost 1 GB at 16k tokens). SDPA after a past (its is_causal would
         align to the start) and eager attention (no causality of its own) get the mask.
         """
-        implementation = self.llm.config._attn_implementation
-        if length == 1 or implementation.startswith("flash"):
+        if length == 1 or self.attention.startswith("flash"):
             return False
-        return not (implementation == "sdpa" and past == 0)
+        return not (self.attention == "sdpa" and past == 0)
 
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.llm.norm(hidden)

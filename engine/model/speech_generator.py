@@ -166,7 +166,19 @@ class UnitStream:
     @torch.inference_mode()
     def push(self, hidden_state: torch.Tensor) -> list[int]:
         """Append one LLM state, (llm_hidden,) or (1, llm_hidden); return the units it adds."""
-        frame_ids = self.generator(torch.atleast_2d(hidden_state), cache=self.cache).argmax(-1)
+        return self.collapse(self.frames(hidden_state).tolist())
+
+    @torch.inference_mode()
+    def frames(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        """Run one LLM state's frames through the generator; their ids stay on its device.
+
+        Split from `collapse` so a caller can bring them to the host together with other values in
+        one copy instead of waiting for the GPU once more per token.
+        """
+        return self.generator(torch.atleast_2d(hidden_state), cache=self.cache).argmax(-1)
+
+    def collapse(self, frame_ids: list[int]) -> list[int]:
+        """The units `frames` ids add, in order; call once per `frames` call."""
         units, self.previous_frame = ctc_collapse(frame_ids, self.previous_frame, self.generator.blank)
         self._units.extend(units)
         return units

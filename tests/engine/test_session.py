@@ -2,6 +2,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from engine.errors import OmnivoxError
@@ -154,3 +155,85 @@ def test_a_cancelled_transcription_stops_at_once(lyra_fp32) -> None:
     cancel.set()
     done = Session(lyra_fp32).transcribe(speech(1.0), max_new_tokens=50, cancel=cancel)
     assert done.cancelled and done.tokens["generated"] <= 1
+
+
+def fail_at_call(monkeypatch: pytest.MonkeyPatch, module: torch.nn.Module, call: int, error: Exception,
+                 prompt: bool) -> None:
+    """Make `module` raise `error` at its `call`-th run over a prompt (prompt=True) or over one decode token."""
+    original, seen = module.forward, []
+
+    def forward(hidden: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        if (hidden.shape[1] > 1) == prompt:
+            seen.append(1)
+            if len(seen) == call:
+                raise error
+        return original(hidden, *args, **kwargs)
+
+    monkeypatch.setattr(module, "forward", forward)
+
+
+def out_of_memory() -> torch.OutOfMemoryError:
+    return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+QUESTION = TurnRequest(speech=speech(2.0), text="And now?", max_new_tokens=6)
+
+
+@pytest.mark.parametrize("prompt", [True, False], ids=["in the prefill", "in the third decode step"])
+def test_out_of_memory_in_a_middle_layer_rolls_the_turn_back(lyra_fp32, monkeypatch: pytest.MonkeyPatch,
+                                                             prompt: bool) -> None:
+    session = Session(lyra_fp32)
+    collect(session.respond(TurnRequest(text="My name is Ada.", max_new_tokens=4, speak=False)))
+    before = conversation_state(session)
+    fail_at_call(monkeypatch, lyra_fp32.model.llm.layers[2], 1 if prompt else 3, out_of_memory(), prompt)
+    with pytest.raises(OmnivoxError, match=r"^out of GPU memory at \d+ tokens in the conversation; send shorter "
+                                           r"audio or a smaller image, start a new conversation, or choose a smaller"):
+        collect(session.respond(QUESTION))
+    monkeypatch.undo()
+    assert conversation_state(session) == before
+    retried, retried_audio = collect(session.respond(QUESTION))
+
+    fresh = Session(lyra_fp32)
+    collect(fresh.respond(TurnRequest(text="My name is Ada.", max_new_tokens=4, speak=False)))
+    expected, expected_audio = collect(fresh.respond(QUESTION))
+    assert retried.text == expected.text and retried.tokens == expected.tokens
+    assert retried_audio.size == expected_audio.size and np.allclose(retried_audio, expected_audio, atol=1e-6)
+    assert conversation_state(session) == conversation_state(fresh)
+
+
+def test_a_failed_turn_that_took_a_prefetch_answers_next_as_a_fresh_session(lyra_fp32,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    picture = Image.new("RGB", (64, 64), (30, 30, 200))
+    request = TurnRequest(image=picture, text="What is this?", max_new_tokens=4, speak=False)
+    session = Session(lyra_fp32)
+    session.prefetch(picture)
+    fail_at_call(monkeypatch, lyra_fp32.model.llm.layers[3], 1, out_of_memory(), prompt=True)
+    with pytest.raises(OmnivoxError, match="out of GPU memory"):
+        collect(session.respond(request))
+    monkeypatch.undo()
+    lengths, position, turns = conversation_state(session)
+    assert not any(lengths) and (position, turns) == (0, 0) and session.prefetched is None
+    retried, _ = collect(session.respond(request))
+    expected, _ = collect(Session(lyra_fp32).respond(request))
+    assert retried.text == expected.text and retried.tokens == expected.tokens
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_logits_stop_the_turn_with_a_clear_error(lyra_fp32, monkeypatch: pytest.MonkeyPatch,
+                                                            bad: float) -> None:
+    """What fp16 overflow looks like: without the check argmax picks token 0 until max_new_tokens."""
+    session = Session(lyra_fp32)
+    calls = []
+
+    def poison(module: torch.nn.Module, args: object, logits: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return torch.full_like(logits, bad) if len(calls) >= 3 else logits
+
+    hook = lyra_fp32.model.lm_head.register_forward_hook(poison)
+    try:
+        with pytest.raises(OmnivoxError, match=r"^the model's numbers overflowed in float32 at reply token 3; choose"):
+            collect(session.respond(TurnRequest(text="Hello", max_new_tokens=50)))
+    finally:
+        hook.remove()
+    lengths, position, turns = conversation_state(session)
+    assert not any(lengths) and (position, turns) == (0, 0)
