@@ -25,7 +25,7 @@ from engine.errors import OmnivoxError
 from engine.events import AudioChunk, Event, TextDelta, TurnDone
 from engine.extraction import ExtractionSettings
 from engine.loading import LoadedLyra, select_adapter
-from engine.media import DEFAULT_MAX_IMAGE_SIDE, Speech, prepare_image, speech_features
+from engine.media import DEFAULT_MAX_IMAGE_SIDE, Speech, check_text_budget, prepare_image, speech_features
 from engine.model.kv_cache import GrowingCache
 from engine.prompt import IMAGE, Piece, chat_text, end_token_ids, mrope_positions, split_prompt, user_content
 from engine.speech_out import SpeechOutput
@@ -184,6 +184,7 @@ class Session:
         the conversation is put back as it was before the turn — positions, turn count, every layer's
         cache — and a prefetch the turn took is dropped, since the failed prompt may have overwritten it."""
         request.validate()
+        check_text_budget(request.text, self.lyra.tokenizer, self.lyra.config.max_prompt_tokens)
         before = self.checkpoint()
         try:
             yield from self.run_turn(request, cancel or threading.Event())
