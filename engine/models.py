@@ -246,26 +246,30 @@ def fetch_checked(url: str, target: Path, expected: Expected, label: str, report
     fetch(url, target, expected, label, lambda done: report(label, done, expected.size), cancel)
 
 
-HEADROOM_BYTES = 1_500_000_000  # activations, KV cache of a long turn, CUDA context
+# "Fits" means: a 4k-token conversation whose last turn asked about a screenshot in 30 s of speech,
+# then transcribed that speech (engine/memory.py prices each part).
+FIT_TOKENS, FIT_PROMPT_TOKENS = 4096, 1536
 
 
 def model_listing(store: ModelStore) -> list[dict]:
     """The catalogue with install state (the folder when installed, else the bytes an unfinished download left),
-    NF4 weight size and whether it fits the GPU's free memory."""
+    NF4 weight size and whether a turn of FIT_TOKENS fits the GPU's free memory."""
     import torch
 
-    from engine.memory import build_on_meta, weight_bytes_by_part
+    from engine.memory import build_on_meta, gpu_bytes_needed, weight_bytes_by_part
 
     free = torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
     rows = []
     for name, entry in CATALOG.items():
-        nf4 = sum(weight_bytes_by_part(build_on_meta(entry.config(), entry.size), "nf4").values())
+        model = build_on_meta(entry.config(), entry.size)
+        nf4 = sum(weight_bytes_by_part(model, "nf4").values())
+        needed = gpu_bytes_needed(model, entry.size, "nf4", FIT_TOKENS, FIT_PROMPT_TOKENS)
         installed = store.installed(name)
         rows.append({
             "name": name, "repo": entry.repo, "parameters": entry.parameters,
             "download_gb": round(entry.download_bytes / 1e9, 1), "nf4_gb": round(nf4 / 1e9, 2),
             "installed": installed is not None, "folder": str(installed.folder) if installed else None,
             "partial_bytes": store.partial_bytes(name),
-            "fits_gpu": None if free is None else nf4 + HEADROOM_BYTES <= free,
+            "fits_gpu": None if free is None else needed <= free,
         })
     return rows
