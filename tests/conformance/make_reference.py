@@ -8,7 +8,7 @@ This script is not part of Omnivox and never runs in the project's venv: it need
     # Lyra at the pinned commit, fairseq's vocoder files, both outside the repo:
     git --git-dir=<lyra mirror> archive 166c027ff9cbdc3f85f6e4eca1433f8b2dabc8d1 lyra | tar -x -C /tmp/lyra
     git --git-dir=<fairseq mirror> archive 3d262bb25690e4eb2e7d3c1309b1e9c406ca4b99 fairseq | tar -x -C /tmp/fairseq
-    /tmp/lyra-venv/bin/python tests/conformance/make_reference.py --lyra /tmp/lyra --fairseq /tmp/fairseq
+    PYTHONHASHSEED=0 /tmp/lyra-venv/bin/python tests/conformance/make_reference.py --lyra /tmp/lyra --fairseq /tmp/fairseq
 
 For each variant (untied embeddings like Lyra-Base, tied like Lyra-Mini) it
 1. writes the inputs Lyra's training starts from — a tiny Qwen2-VL LLM, ViT and Whisper (64-wide heads,
