@@ -6,18 +6,34 @@ Every user-fixable problem ends as one `error: …` line on stderr and exit stat
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.errors import OmnivoxError
-from engine.media import DEFAULT_MAX_IMAGE_SIDE, DEFAULT_MAX_SPEECH_SECONDS, SAMPLE_RATE, open_image, read_speech
+from engine.media import (
+    DEFAULT_MAX_IMAGE_SIDE,
+    DEFAULT_MAX_SPEECH_SECONDS,
+    MAX_IMAGE_SIDE,
+    MIN_IMAGE_SIDE,
+    SAMPLE_RATE,
+    open_image,
+    read_speech,
+)
 from engine.quantize import PRECISIONS
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from engine.extraction import ExtractionSettings
+    from engine.media import Speech
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -72,16 +88,80 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     make.set_defaults(run=run_make_test_model)
 
 
-def run_ask(args: argparse.Namespace) -> int:
-    # Inputs are checked before the (slow) model load so a typo fails at once.
+def check_ask_arguments(args: argparse.Namespace) -> None:
     if args.audio is None and args.image is None and not args.text:
         raise OmnivoxError("nothing to ask: pass --audio, --image with --text, or --text.")
-    if args.out is not None and not args.out.parent.is_dir():
-        raise OmnivoxError(f"{args.out.parent}: no such folder for --out.")
+    if args.text is not None:
+        try:
+            args.text.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the locale could not decode reach us as lone surrogates
+            raise OmnivoxError("--text is not valid UTF-8 text; check the terminal's encoding.") from None
+    if not MIN_IMAGE_SIDE <= args.max_image_side <= MAX_IMAGE_SIDE:
+        raise OmnivoxError(f"--max-image-side must be {MIN_IMAGE_SIDE}…{MAX_IMAGE_SIDE} pixels, "
+                           f"got {args.max_image_side}.")
+    if args.max_new_tokens < 1:
+        raise OmnivoxError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    if not args.max_audio_seconds > 0:
+        raise OmnivoxError(f"--max-audio-seconds must be positive, got {args.max_audio_seconds}.")
+
+
+def reply_target(out: Path) -> Path:
+    """Where --out really writes (a symbolic link is followed): an existing regular file or a new name."""
+    target = out.resolve()
+    if target.exists() and not target.is_file():
+        raise OmnivoxError(f"--out {out}: not a regular file (a folder or a device); name a file to write.")
+    if not target.parent.is_dir():
+        raise OmnivoxError(f"{out.parent}: no such folder for --out.")
+    return target
+
+
+class ReplyFile:
+    """The spoken reply's WAV: a temporary file beside the target, made at once (so an unwritable folder
+    fails before the model loads), renamed over the target only when whole — never over a non-file."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        try:
+            handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        except OSError as err:
+            raise OmnivoxError(f"--out {target}: cannot write in {target.parent} ({err.strerror}).") from None
+        os.close(handle)
+        self.temporary = Path(name)
+
+    def write(self, audio: np.ndarray) -> None:
+        import soundfile
+
+        encoded = io.BytesIO()
+        soundfile.write(encoded, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+        try:
+            self.temporary.write_bytes(encoded.getvalue())
+            reply_target(self.target)  # still not a folder or device: it may have changed while the model ran
+            os.replace(self.temporary, self.target)
+        except OSError as err:
+            raise OmnivoxError(f"cannot write the reply to {self.target}: {err.strerror or err}.") from None
+
+    def discard(self) -> None:
+        self.temporary.unlink(missing_ok=True)
+
+
+def run_ask(args: argparse.Namespace) -> int:
+    # Arguments and inputs are checked before the (slow) model load so a mistake fails at once.
+    check_ask_arguments(args)
+    target = reply_target(args.out) if args.out is not None else None
     speech = read_speech(args.audio, args.max_audio_seconds) if args.audio else None
     image = open_image(args.image) if args.image else None
     settings = extraction_settings(args.extract_blocks, args.keep_rate)
+    reply = ReplyFile(target) if target is not None else None  # proves the folder writable, before the model
+    try:
+        return answer(args, speech, image, settings, reply)
+    finally:
+        if reply is not None:
+            reply.discard()
 
+
+def answer(args: argparse.Namespace, speech: Speech | None, image: Image.Image | None,
+           settings: ExtractionSettings | None, reply: ReplyFile | None) -> int:
+    """Load the model, run the turn, stream its text, write its audio and (with --json) the summary."""
     from engine.events import AudioChunk, TextDelta, TurnDone
     from engine.loading import load_lyra  # torch and transformers load here, not at start-up
     from engine.quantize import Precision, count_quantized, weight_bytes
@@ -108,8 +188,8 @@ def run_ask(args: argparse.Namespace) -> int:
     stream.write("\n")
     assert done is not None
     audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
-    if args.out is not None:
-        write_wav_atomically(args.out, audio)
+    if reply is not None:
+        reply.write(audio)
     if args.json:
         summary = {
             "text": done.text,
@@ -142,20 +222,6 @@ def extraction_settings(blocks: str, keep_rate: float):  # noqa: ANN201 - Extrac
     settings = ExtractionSettings(blocks=count, keep_rate=keep_rate)
     settings.validate(10**6)  # the model's own layer count is checked when the session starts
     return settings
-
-
-def write_wav_atomically(path: Path, audio: np.ndarray) -> None:
-    """Write to a temporary file beside `path` and rename, so a crash never leaves half a file."""
-    import soundfile
-
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        soundfile.write(temporary, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
 
 
 def default_data_dir() -> Path:

@@ -1,6 +1,9 @@
 """`main.py ask` and `make-test-model` as a user runs them: real processes, one-line errors."""
 
+import contextlib
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +79,66 @@ def test_make_test_model_writes_a_loadable_checkpoint(tmp_path: Path, capsys) ->
     assert main(["make-test-model", str(tmp_path / "m")]) == 0
     assert "MB" in capsys.readouterr().out
     assert (tmp_path / "m" / "speech_lora" / "non_lora_trainables.bin").is_file()
+
+
+def test_undecodable_text_fails_before_the_model_loads(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable.encode(), str(ROOT / "main.py").encode(), b"ask", b"--model",
+                             str(tmp_path / "no-model").encode(), b"--text", b"caf\xe9 \xff\xfe?"],
+                            capture_output=True, timeout=300, cwd=ROOT, env={**os.environ, "LC_ALL": "C.UTF-8"})
+    assert result.returncode == 1 and result.stderr.decode() == (
+        "error: --text is not valid UTF-8 text; check the terminal's encoding.\n")
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    (["--max-image-side", "0"], "--max-image-side must be 28…2880 pixels, got 0"),
+    (["--max-image-side", "100000"], "--max-image-side must be 28…2880 pixels"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    (["--max-audio-seconds", "-1"], "--max-audio-seconds must be positive"),
+    (["--out", "{tmp}"], "not a regular file"),
+    (["--out", "{tmp}/fifo"], "not a regular file"),
+    (["--out", "{tmp}/missing/reply.wav"], "no such folder for --out"),
+])
+def test_argument_errors_fail_before_the_model_loads(tmp_path: Path, capsys, extra: list[str], expected: str) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    args = ["ask", "--model", str(tmp_path / "no-model"), "--text", "hi", *[a.format(tmp=tmp_path) for a in extra]]
+    assert main(args) == 1  # a model folder that does not exist would be the error after the arguments
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err and err.count("\n") == 1
+    assert stat.S_ISFIFO((tmp_path / "fifo").stat().st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
+
+
+def test_a_device_is_never_replaced(test_model: Path, tmp_path: Path, capsys) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("making a device node needs root")
+    device = tmp_path / "full"
+    os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 7))  # what /dev/full is
+    link = tmp_path / "reply.wav"
+    link.symlink_to(device)
+    for out in (device, link):
+        assert main(["ask", "--model", str(test_model), "--text", "hi", "--out", str(out)]) == 1
+        assert "not a regular file" in capsys.readouterr().err
+    assert stat.S_ISCHR(device.stat().st_mode) and link.is_symlink()
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path):
+    """A real, full 1 MB filesystem (tmpfs): writes fail with ENOSPC as on a full disk."""
+    mount_point = tmp_path / "full"
+    mount_point.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    with contextlib.suppress(OSError), (mount_point / "filler").open("wb") as filler:
+        while True:
+            filler.write(b"\0" * 65536)
+            filler.flush()
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_a_full_disk_is_one_error_line_and_leaves_nothing(test_model: Path, full_disk: Path, capsys) -> None:
+    out = full_disk / "reply.wav"
+    assert main(["ask", "--model", str(test_model), "--text", "hi", "--max-new-tokens", "4", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"error: cannot write the reply to {out}: No space left on device."
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
