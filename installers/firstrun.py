@@ -5,6 +5,11 @@
 - A GPU without the runtime: opening the window offers the download (progress, cancel; a cancelled
   or failed download falls back to the CPU and resumes next time); headless commands say how to
   get it (`omnivox --gpu-runtime install`).
+
+The build may offer several runtimes (e.g. the current CUDA build and one for older drivers and GPUs);
+the first whose driver and architecture requirements this GPU meets is the one offered, and a GPU no
+runtime suits is told so before any download. After installing, a fresh process imports the runtime's
+torch and checks the GPU against `torch.cuda.get_arch_list()`; the runtime is used only if that passes.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,20 +33,28 @@ STATE_NAME = "first-run.json"
 
 @dataclass(frozen=True)
 class Plan:
-    action: Literal["gpu", "install", "cpu"]  # the installed runtime / offer the download / the bundled CPU torch
+    # the checked runtime / check the installed runtime first / offer the download / the bundled CPU torch
+    action: Literal["gpu", "check", "install", "cpu"]
     notice: str | None = None
+    runtime: Manifest | None = None  # the runtime that suits this GPU
 
 
-def plan(gpu: Gpu | None, manifest: Manifest | None, root: Path) -> Plan:
+def plan(gpu: Gpu | None, runtimes: Sequence[Manifest], root: Path) -> Plan:
     if gpu is None:
         return Plan("cpu", CPU_NOTICE)
-    if gpu_runtime.installed(root, manifest):
-        return Plan("gpu")
-    if manifest is None:
+    if not runtimes:
         return Plan("cpu", f"{gpu.name} found, but this build of Omnivox has no GPU runtime to download: "
                            "running on the CPU. Install the full (offline) build to use the GPU.")
+    chosen = gpu_runtime.choose(gpu, runtimes)
+    if isinstance(chosen, str):
+        return Plan("cpu", chosen)
+    if gpu_runtime.installed(root, chosen):
+        checked, problem = gpu_runtime.check_result(root)
+        if problem is not None:
+            return Plan("cpu", problem, chosen)
+        return Plan("gpu" if checked else "check", None, chosen)
     return Plan("install", f"{gpu.name} found. Omnivox downloads the CUDA build of torch and bitsandbytes once "
-                           f"({manifest.total_bytes / 1e9:.1f} GB) to run on it.")
+                           f"({chosen.total_bytes / 1e9:.1f} GB) to run on it.", chosen)
 
 
 def install_dir() -> Path:
@@ -53,27 +67,41 @@ def data_dir() -> Path:
     return Path(user_data_dir("Omnivox", appauthor=False))
 
 
-def bundled_manifest() -> Manifest | None:
-    """The manifest the build put beside the app, or None when the build had none."""
+def bundled_manifests() -> tuple[Manifest, ...]:
+    """The runtimes the build put beside the app, preferred first; none when the build had none."""
     path = Path(getattr(sys, "_MEIPASS", install_dir())) / gpu_runtime.MANIFEST_NAME
     try:
-        return Manifest.read(path)
+        return gpu_runtime.read_manifests(path)
     except FileNotFoundError:
-        return None
+        return ()
     except (OSError, ValueError, KeyError) as err:  # a damaged install must still start, on the CPU
         print(f"note: ignoring the GPU runtime manifest {path}: {err}", file=sys.stderr)
-        return None
+        return ()
 
 
-def current_plan() -> tuple[Plan, Manifest | None, Path]:
-    manifest = bundled_manifest()
+def check_command(root: Path) -> list[str]:
+    """A fresh process that activates the runtime in `root` and reports `check_active_runtime`."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, "--gpu-runtime", "check", str(root)]
+    project = str(Path(__file__).resolve().parents[1])  # from a source checkout, whatever the working folder
+    start = f"import sys; sys.path.insert(0, {project!r}); from installers.launcher import main; sys.exit(main())"
+    return [sys.executable, "-c", start, "--gpu-runtime", "check", str(root)]
+
+
+def current_plan() -> tuple[Plan, Path]:
+    """What to do on this start; an installed runtime not yet checked on this GPU is checked first."""
+    gpu, runtimes = gpu_runtime.detect_nvidia(), bundled_manifests()
     root = gpu_runtime.runtime_root(install_dir(), data_dir())
-    return plan(gpu_runtime.detect_nvidia(), manifest, root), manifest, root
+    decided = plan(gpu, runtimes, root)
+    if decided.action == "check":
+        gpu_runtime.verify(root, check_command(root))
+        decided = plan(gpu, runtimes, root)
+    return decided, root
 
 
 def activate_for_engine() -> None:
     """Before torch is imported: the CUDA runtime when it is there and usable, else a notice."""
-    decided, _, root = current_plan()
+    decided, root = current_plan()
     if decided.action == "gpu":
         gpu_runtime.activate(root)
     elif decided.action == "install":
@@ -89,12 +117,15 @@ def opens_window(argv: list[str]) -> bool:
 
 
 def first_run_for_window() -> None:
-    decided, manifest, root = current_plan()
+    decided, root = current_plan()
     if decided.action == "install":
-        assert manifest is not None
-        from installers.firstrun_dialog import run_install_dialog
+        assert decided.runtime is not None
+        from installers.firstrun_dialog import run_install_dialog, show_notice
 
-        run_install_dialog(manifest, root, decided.notice or "")
+        if run_install_dialog(decided.runtime, root, decided.notice or ""):
+            problem = gpu_runtime.verify(root, check_command(root))
+            if problem is not None:
+                show_notice(problem)
     elif decided.notice is not None and not notice_shown(decided.notice):
         print(f"note: {decided.notice}", file=sys.stderr)
         from installers.firstrun_dialog import show_notice
@@ -120,9 +151,15 @@ def notice_shown(notice: str) -> bool:
 
 
 def command(argv: list[str]) -> int:
-    """`omnivox --gpu-runtime status|install|remove`."""
+    """`omnivox --gpu-runtime status|install|remove` (and `check ROOT`, which the app runs itself)."""
     action = argv[0] if argv else "status"
-    decided, manifest, root = current_plan()
+    if action == "check" and len(argv) == 2:  # the fresh process of gpu_runtime.verify
+        if not gpu_runtime.activate(Path(argv[1])):
+            print(json.dumps({"problem": "the GPU runtime is not installed completely: install it again."}))
+            return 1
+        print(json.dumps({"problem": gpu_runtime.check_active_runtime()}))
+        return 0
+    decided, root = current_plan()
     if action == "status":
         state = "installed" if gpu_runtime.installed(root) else "not installed"
         print(f"GPU runtime: {state} ({root}); {decided.notice or 'the GPU is used'}")
@@ -134,9 +171,10 @@ def command(argv: list[str]) -> int:
     if action != "install":
         print(f"error: unknown --gpu-runtime action {action!r} (status, install or remove)", file=sys.stderr)
         return 2
-    if manifest is None:
-        print("error: this build has no GPU runtime manifest", file=sys.stderr)
+    if decided.runtime is None:
+        print(f"error: {decided.notice or 'this build has no GPU runtime manifest'}", file=sys.stderr)
         return 1
+    manifest = decided.runtime
     cancel = threading.Event()
 
     def show(done: int, total: int) -> None:
@@ -150,6 +188,10 @@ def command(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("\nerror: interrupted; run again to resume", file=sys.stderr)
         return 130
+    problem = gpu_runtime.verify(root, check_command(root))
+    if problem is not None:
+        print(f"\nerror: {problem}", file=sys.stderr)
+        return 1
     print(f"\nGPU runtime installed in {root}", file=sys.stderr)
     return 0
 

@@ -1,10 +1,15 @@
-"""Build-time: the manifest of the GPU runtime the CPU installer fetches on first run.
+"""Build-time: the manifest of the GPU runtimes the CPU installer fetches on first run.
 
 `python -m installers.gpu_manifest --out gpu-runtime.json` asks pip (dry run, nothing downloaded)
 which wheels the CUDA build of torch and bitsandbytes need for the frozen app's Python and
 platform, keeps torch, bitsandbytes and the CUDA libraries (the pure-Python dependencies are
 already in the app), and records each wheel's URL, SHA-256 (from the index) and size.
 The versions are the ones the app was built with, so the engine code sees the same torch API.
+
+Two runtimes when the pinned torch has both: the index's current CUDA build, and a CUDA 12.6 build
+for older drivers (≥ 525) and older GPUs (Maxwell to Volta). Each records the CUDA release it
+carries, the oldest driver that runs it and the GPU architectures it has kernels for, so the app
+picks the one the user's driver and GPU can run before downloading ~3 GB.
 """
 
 from __future__ import annotations
@@ -19,9 +24,22 @@ import urllib.request
 from importlib.metadata import version
 from pathlib import Path
 
-from installers.gpu_runtime import Manifest, Wheel
+from installers.gpu_runtime import Manifest, Wheel, write_manifests
 
 RUNTIME_PACKAGES = re.compile(r"^(torch|bitsandbytes|triton|nvidia-.*|cuda-.*)$")
+OLDER_INDEX = "https://download.pytorch.org/whl/cu126"
+
+# The oldest driver each CUDA major release runs on (CUDA minor-version compatibility, from its release
+# notes), Linux / Windows.
+MIN_DRIVER = {"12": ("525.60.13", "528.33"), "13": ("580.65.06", "580.88")}
+# The architectures torch's builds for each CUDA release carry (TORCH_CUDA_ARCH_LIST of its wheel builds).
+# The app asks the downloaded torch itself before using it, so a stale row costs a download, not a crash.
+ARCHS = {
+    "12.6": ("sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"),
+    "12.8": ("sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"),
+    "12.9": ("sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"),
+    "13.0": ("sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_110", "sm_120"),
+}
 
 
 def resolve(requirements: list[str], indexes: list[str], python: str, platform: str) -> list[dict]:
@@ -37,6 +55,43 @@ def resolve(requirements: list[str], indexes: list[str], python: str, platform: 
     return json.loads(result.stdout)["install"]
 
 
+def cuda_release(items: list[dict]) -> str:
+    """The CUDA release of a resolved runtime: torch's local version (+cu126) or the CUDA runtime wheel's."""
+    versions = {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in items}
+    local = re.search(r"\+cu(\d+)(\d)$", versions.get("torch", ""))
+    if local:
+        return f"{local[1]}.{local[2]}"
+    runtime = next((v for name, v in versions.items() if name.startswith("nvidia-cuda-runtime")), None)
+    if runtime is None:
+        raise SystemExit("the resolved torch names no CUDA release (no +cuXXX tag, no nvidia-cuda-runtime wheel)")
+    return ".".join(runtime.split(".")[:2])
+
+
+def requirements_of(cuda: str, platform: str) -> tuple[str, tuple[str, ...]]:
+    """(oldest driver, GPU architectures) for a runtime of this CUDA release on this platform."""
+    if cuda not in ARCHS or cuda.split(".")[0] not in MIN_DRIVER:
+        raise SystemExit(f"CUDA {cuda}: add its oldest driver and torch's architectures to installers/gpu_manifest.py")
+    linux, windows = MIN_DRIVER[cuda.split(".")[0]]
+    return (windows if platform.startswith("win") else linux), ARCHS[cuda]
+
+
+def runtime(indexes: list[str], python: str, platform: str) -> Manifest:
+    torch_version = version("torch").split("+")[0]  # "2.13.0+cpu" → the same release's CUDA build
+    requirements = [f"torch=={torch_version}", f"bitsandbytes=={version('bitsandbytes')}"]
+    items = [item for item in resolve(requirements, indexes, python, platform)
+             if RUNTIME_PACKAGES.match(item["metadata"]["name"].lower())]
+    wheels = []
+    for item in items:
+        info = item["download_info"]
+        url = info["url"]
+        wheels.append(Wheel(url.rsplit("/", 1)[-1], url, info["archive_info"]["hashes"]["sha256"], content_length(url)))
+    cuda = cuda_release(items)
+    min_driver, archs = requirements_of(cuda, platform)
+    description = (f"torch {torch_version} (CUDA {cuda}) + bitsandbytes {version('bitsandbytes')} "
+                   f"for CPython {python} on {platform}")
+    return Manifest(description, tuple(wheels), cuda, min_driver, archs)
+
+
 def content_length(url: str) -> int:
     with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=60) as response:
         return int(response.headers["Content-Length"])
@@ -49,22 +104,24 @@ def main(argv: list[str] | None = None) -> int:
     # --index-url https://download.pytorch.org/whl/cu128 --extra-index-url https://pypi.org/simple
     parser.add_argument("--index-url", default="https://pypi.org/simple")
     parser.add_argument("--extra-index-url", action="append", default=[])
+    parser.add_argument("--older-index-url", default=OLDER_INDEX,
+                        help="the index of the runtime for older drivers and GPUs ('none': offer only the first)")
     parser.add_argument("--python-version", default=f"{sys.version_info.major}.{sys.version_info.minor}")
     parser.add_argument("--platform", default="manylinux_2_28_x86_64", help="e.g. win_amd64 for Windows")
     args = parser.parse_args(argv)
-    torch_version = version("torch").split("+")[0]  # "2.13.0+cpu" → the same release's CUDA build
-    requirements = [f"torch=={torch_version}", f"bitsandbytes=={version('bitsandbytes')}"]
-    wheels = []
-    for item in resolve(requirements, [args.index_url, *args.extra_index_url], args.python_version, args.platform):
-        if not RUNTIME_PACKAGES.match(item["metadata"]["name"].lower()):
-            continue
-        info = item["download_info"]
-        url = info["url"]
-        wheels.append(Wheel(url.rsplit("/", 1)[-1], url, info["archive_info"]["hashes"]["sha256"], content_length(url)))
-    description = (f"torch {torch_version} (CUDA) + bitsandbytes {version('bitsandbytes')} "
-                   f"for CPython {args.python_version} on {args.platform}")
-    Manifest(description, tuple(wheels)).write(args.out)
-    print(f"{args.out}: {len(wheels)} wheels, {sum(w.size for w in wheels) / 1e9:.2f} GB")
+    runtimes = [runtime([args.index_url, *args.extra_index_url], args.python_version, args.platform)]
+    if args.older_index_url != "none":
+        try:
+            older = runtime([args.older_index_url, "https://pypi.org/simple"], args.python_version, args.platform)
+        except SystemExit as err:  # this torch has no such build: the first runtime is the only one
+            print(f"note: no runtime for older drivers: {err}", file=sys.stderr)
+        else:
+            if older.cuda != runtimes[0].cuda:
+                runtimes.append(older)
+    write_manifests(args.out, runtimes)
+    for item in runtimes:
+        print(f"{args.out}: {item.description}: {len(item.wheels)} wheels, {item.total_bytes / 1e9:.2f} GB, "
+              f"driver >= {item.min_driver}, {' '.join(item.archs)}")
     return 0
 
 

@@ -18,6 +18,7 @@ import importlib.abc
 import importlib.machinery
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,7 @@ MARKER_NAME = "installed.json"
 class Gpu:
     name: str
     driver: str
+    capability: tuple[int, int] | None = None  # None: a driver too old to report it
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,9 @@ class Wheel:
 class Manifest:
     description: str  # e.g. "torch 2.13.0 (CUDA 13) + bitsandbytes 0.50.2 for CPython 3.11 on Linux x86-64"
     wheels: tuple[Wheel, ...]
+    cuda: str = ""  # the CUDA release the torch build carries, e.g. "12.6"
+    min_driver: str = ""  # the oldest NVIDIA driver that runs it, e.g. "525.60.13"
+    archs: tuple[str, ...] = ()  # GPU architectures it has kernels for, e.g. ("sm_75", "sm_80")
 
     @property
     def total_bytes(self) -> int:
@@ -63,27 +68,91 @@ class Manifest:
 
     @classmethod
     def read(cls, path: Path) -> Manifest:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        runtimes = read_manifests(path)
+        if len(runtimes) != 1:
+            raise ValueError(f"{path}: holds {len(runtimes)} GPU runtimes, not one")
+        return runtimes[0]
+
+    @classmethod
+    def from_dict(cls, data: dict, path: Path) -> Manifest:
         wheels = tuple(Wheel(w["name"], w["url"], w["sha256"], int(w["size"])) for w in data["wheels"])
         if not wheels or any("/" in w.name or "\\" in w.name for w in wheels):
             raise ValueError(f"{path}: not a GPU runtime manifest")
-        return cls(data["description"], wheels)
+        return cls(data["description"], wheels, data.get("cuda", ""), data.get("min_driver", ""),
+                   tuple(data.get("archs", ())))
+
+    def to_dict(self) -> dict:
+        return {"description": self.description, "cuda": self.cuda, "min_driver": self.min_driver,
+                "archs": list(self.archs), "wheels": [vars(wheel) for wheel in self.wheels]}
 
     def write(self, path: Path) -> None:
-        data = {"description": self.description, "wheels": [vars(wheel) for wheel in self.wheels]}
-        path.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        write_manifests(path, (self,))
+
+
+def read_manifests(path: Path) -> tuple[Manifest, ...]:
+    """The runtimes a build offers, in order of preference (a file of one runtime is read too)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    runtimes = data.get("runtimes", [data])
+    return tuple(Manifest.from_dict(runtime, path) for runtime in runtimes)
+
+
+def write_manifests(path: Path, runtimes: Sequence[Manifest]) -> None:
+    path.write_text(json.dumps({"runtimes": [runtime.to_dict() for runtime in runtimes]}, indent=1),
+                    encoding="utf-8")
+
+
+# ---- which runtime this GPU can run ---------------------------------------------------------------
+
+ARCH = re.compile(r"^sm_(\d+)(\d)[a-z]?$")  # sm_86 → 8.6, sm_120 → 12.0, sm_90a → 9.0
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version))
+
+
+def arch_capability(arch: str) -> tuple[int, int] | None:
+    match = ARCH.match(arch)
+    return (int(match[1]), int(match[2])) if match else None  # compute_XX (PTX) entries: None
+
+
+def runs_on(capability: tuple[int, int], archs: Sequence[str]) -> bool:
+    """Whether kernels built for `archs` run on a GPU of `capability`: a cubin runs on its own major
+    generation at the same or a higher minor version (sm_80 code runs on an 8.6 GPU, not on 7.5 or 9.0)."""
+    built = [arch_capability(arch) for arch in archs]
+    return any(cap is not None and cap[0] == capability[0] and cap[1] <= capability[1] for cap in built)
+
+
+def choose(gpu: Gpu, runtimes: Sequence[Manifest]) -> Manifest | str:
+    """The first runtime this GPU and its driver can run, or one line on why none can."""
+    for runtime in runtimes:
+        driver_ok = not runtime.min_driver or version_key(gpu.driver) >= version_key(runtime.min_driver)
+        arch_ok = gpu.capability is None or not runtime.archs or runs_on(gpu.capability, runtime.archs)
+        if driver_ok and arch_ok:
+            return runtime
+    if gpu.capability is not None and not any(runs_on(gpu.capability, runtime.archs) for runtime in runtimes
+                                              if runtime.archs):
+        oldest = min(cap for runtime in runtimes for arch in runtime.archs if (cap := arch_capability(arch)))
+        return (f"{gpu.name} (compute capability {gpu.capability[0]}.{gpu.capability[1]}) is too old for "
+                f"Omnivox's GPU runtime, which needs {oldest[0]}.{oldest[1]} or newer: Omnivox runs on the CPU.")
+    needed = min((runtime.min_driver for runtime in runtimes if runtime.min_driver), key=version_key)
+    return (f"{gpu.name} found, but its NVIDIA driver {gpu.driver} is older than {needed}, the oldest that "
+            "Omnivox's GPU runtime runs on: update the driver to use the GPU; until then Omnivox runs on the CPU.")
 
 
 def nvidia_smi() -> str | None:
-    """nvidia-smi's GPU list, or None when there is no driver (or a broken one)."""
+    """nvidia-smi's GPU list (name, driver, compute capability), or None when there is no driver (or a
+    broken one). Drivers before 510 do not know the compute_cap field: they are asked without it."""
     if shutil.which("nvidia-smi") is None:
         return None
-    try:
-        result = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                                capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout if result.returncode == 0 else None
+    for fields in ("name,driver_version,compute_cap", "name,driver_version"):
+        try:
+            result = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"],
+                                    capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if result.returncode == 0:
+            return result.stdout
+    return None
 
 
 def detect_nvidia(query: Callable[[], str | None] = nvidia_smi) -> Gpu | None:
@@ -91,8 +160,54 @@ def detect_nvidia(query: Callable[[], str | None] = nvidia_smi) -> Gpu | None:
     lines = [line for line in (query() or "").splitlines() if line.strip()]
     if not lines:
         return None
-    name, _, driver = lines[0].rpartition(",")
-    return Gpu(name.strip(), driver.strip())
+    fields = [field.strip() for field in lines[0].split(",")]
+    capability = re.fullmatch(r"(\d+)\.(\d+)", fields[-1])
+    if capability and len(fields) >= 3:  # a GPU name may itself hold commas: count fields from the right
+        return Gpu(",".join(fields[:-2]), fields[-2], (int(capability[1]), int(capability[2])))
+    return Gpu(",".join(fields[:-1]), fields[-1])
+
+
+def check_active_runtime() -> str | None:
+    """In a fresh process that activated the runtime: None when its torch runs on this GPU, else why not.
+
+    The manifest's driver and architecture requirements are checked before the download; this asks the
+    downloaded torch itself, so a GPU it has no kernels for never meets "no kernel image is available"."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return (f"the GPU runtime (torch {torch.__version__}, CUDA {torch.version.cuda}) cannot use the GPU; "
+                "update the NVIDIA driver. Omnivox runs on the CPU.")
+    capability, archs = torch.cuda.get_device_capability(0), torch.cuda.get_arch_list()
+    if not runs_on(capability, archs):
+        return (f"{torch.cuda.get_device_name(0)} (compute capability {capability[0]}.{capability[1]}) is not "
+                f"among the GPU runtime's architectures ({' '.join(archs)}): Omnivox runs on the CPU.")
+    return None
+
+
+def verify(root: Path, command: Sequence[str]) -> str | None:
+    """Run `command` (a fresh process printing `check_active_runtime` as JSON), record its answer beside the
+    runtime and return it. A runtime is used only once this has found no problem."""
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        problem = json.loads(result.stdout.strip().splitlines()[-1])["problem"]
+    except (OSError, subprocess.SubprocessError) as err:
+        problem = f"the GPU runtime's check could not run ({err}): Omnivox runs on the CPU."
+    except (ValueError, KeyError, IndexError):  # it crashed: torch itself could not load
+        reason = (result.stderr.strip().splitlines() or ["no answer"])[-1]
+        problem = f"the GPU runtime failed its check ({reason}): Omnivox runs on the CPU."
+    marker = json.loads((root / MARKER_NAME).read_text(encoding="utf-8"))
+    marker |= {"checked": True, "problem": problem}
+    (root / MARKER_NAME).write_text(json.dumps(marker), encoding="utf-8")
+    return problem
+
+
+def check_result(root: Path) -> tuple[bool, str | None]:
+    """(whether `verify` ran on this runtime, the problem it found)."""
+    try:
+        marker = json.loads((root / MARKER_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False, None
+    return bool(marker.get("checked")), marker.get("problem")
 
 
 def runtime_root(install_dir: Path, data_dir: Path) -> Path:

@@ -50,7 +50,7 @@ def test_a_damaged_manifest_means_cpu_not_a_crash(tmp_path: Path, monkeypatch: p
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "gpu-runtime.json").write_text("{not json")
     monkeypatch.setattr(firstrun.sys, "_MEIPASS", str(tmp_path), raising=False)
-    assert firstrun.bundled_manifest() is None
+    assert firstrun.bundled_manifests() == ()
     assert "ignoring the GPU runtime manifest" in capsys.readouterr().err
     (tmp_path / "gpu-runtime.json").unlink()
-    assert firstrun.bundled_manifest() is None
+    assert firstrun.bundled_manifests() == ()

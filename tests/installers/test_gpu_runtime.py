@@ -67,7 +67,7 @@ def test_this_machine_has_no_nvidia_driver() -> None:
 
 
 def test_no_driver_falls_back_to_the_cpu_with_a_notice(tmp_path: Path) -> None:
-    decided = plan(None, Manifest("m", (Wheel("a.whl", "http://x/a.whl", "0" * 64, 1),)), tmp_path)
+    decided = plan(None, (Manifest("m", (Wheel("a.whl", "http://x/a.whl", "0" * 64, 1),)),), tmp_path)
     assert decided.action == "cpu"
     assert decided.notice == CPU_NOTICE
     assert "NVIDIA driver" in CPU_NOTICE and "CPU" in CPU_NOTICE
@@ -75,13 +75,13 @@ def test_no_driver_falls_back_to_the_cpu_with_a_notice(tmp_path: Path) -> None:
 
 def test_a_gpu_without_the_runtime_is_offered_the_download(tmp_path: Path) -> None:
     manifest = Manifest("m", (Wheel("a.whl", "http://x/a.whl", "0" * 64, 2_500_000_000),))
-    decided = plan(Gpu("NVIDIA GeForce RTX 3060", "550"), manifest, tmp_path)
+    decided = plan(Gpu("NVIDIA GeForce RTX 3060", "550"), (manifest,), tmp_path)
     assert decided.action == "install"
     assert "RTX 3060" in decided.notice and "2.5 GB" in decided.notice
 
 
 def test_a_build_without_a_manifest_runs_on_the_cpu_and_says_why(tmp_path: Path) -> None:
-    decided = plan(Gpu("NVIDIA GeForce RTX 3060", "550"), None, tmp_path)
+    decided = plan(Gpu("NVIDIA GeForce RTX 3060", "550"), (), tmp_path)
     assert decided.action == "cpu"
     assert "no GPU runtime" in decided.notice
 
