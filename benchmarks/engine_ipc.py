@@ -1,6 +1,7 @@
 """What the engine's process boundary costs.
 
-1. Time from starting the app's EngineClient to the engine process answering a ping (no model).
+1. Time from starting the app's EngineClient to the engine process answering a ping (no model),
+   through the handshake (hello with the start token, ready from the child's pid).
 2. Round trip of one frame through a loopback socket to an echo process, with the real framing
    both ways: a 30 s speech turn's PCM, a 1080p PNG, and the audio/text events a reply streams.
 3. Time to first audio of a 30 s spoken turn on the test checkpoint: `Session.respond` in this
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import secrets
 import socket
 import statistics
 import subprocess
@@ -32,8 +35,10 @@ sys.path.insert(0, str(ROOT))
 
 from engine.protocol import (  # noqa: E402
     PORT_ANNOUNCEMENT,
+    TOKEN_ENV,
     RespondRequest,
     encode_frame,
+    hello_frame,
     read_frame,
 )
 
@@ -178,12 +183,15 @@ def in_process_turns(folder: Path, pcm: bytes, runs: int) -> list[tuple[float, f
 
 
 def engine_turns(folder: Path, pcm: bytes, runs: int) -> list[tuple[float, float]]:
-    process = subprocess.Popen([sys.executable, "-m", "engine.server"], cwd=ROOT, stdout=subprocess.PIPE)
+    token = secrets.token_hex(32)
+    process = subprocess.Popen([sys.executable, "-m", "engine.server"], cwd=ROOT, stdout=subprocess.PIPE,
+                               env={**os.environ, TOKEN_ENV: token})
     assert process.stdout is not None
     name, port = process.stdout.readline().decode().split()
     assert name == PORT_ANNOUNCEMENT
     sock = socket.create_connection(("127.0.0.1", int(port)))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(hello_frame(token))
     stream = sock.makefile("rb")
 
     def until(frame_id: str, *kinds: str) -> dict:

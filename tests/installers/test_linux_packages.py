@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from app.gui import SHOWN_MARKER
-from engine.protocol import PORT_ANNOUNCEMENT, RespondRequest, encode_frame, read_frame
+from engine.protocol import PORT_ANNOUNCEMENT, TOKEN_ENV, RespondRequest, encode_frame, hello_frame, read_frame
 from installers.download import CHUNK
 from installers.gpu_runtime import MANIFEST_NAME, Manifest, Wheel
 from tests.installers.http_server import Behaviour, LoopbackServer
@@ -223,12 +224,14 @@ def test_installed_window_opens_within_the_goal(deb_install: Path, shared_folder
 def test_frozen_engine_process_answers_a_spoken_turn(deb_install: Path, test_model: Path) -> None:
     """The window runs the engine as `<its executable> -m engine.server`; in the frozen app that is omnivox."""
     binary = deb_install / "opt" / "omnivox" / "omnivox"
+    token = secrets.token_hex(32)  # as the window hands its engine the start token
     process = subprocess.Popen([str(binary), "-m", "engine.server", "--listen", "127.0.0.1:0"],
-                               stdout=subprocess.PIPE)
+                               stdout=subprocess.PIPE, env={**os.environ, TOKEN_ENV: token})
     assert process.stdout is not None
     name, port = process.stdout.readline().decode().split()
     assert name == PORT_ANNOUNCEMENT
     with socket.create_connection(("127.0.0.1", int(port)), timeout=300) as sock, sock.makefile("rb") as stream:
+        sock.sendall(hello_frame(token))
         def until(frame_id: str, *kinds: str) -> list[dict]:
             headers = [read_frame(stream, sender="engine")[0]]
             while not (headers[-1]["id"] == frame_id and headers[-1]["type"] in kinds):
