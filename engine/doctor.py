@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -16,29 +17,49 @@ CAMERA_PROBES = 4
 
 
 def gpu_report() -> dict:
+    """The GPU as torch and the driver see it: what decides the precision and whether the runtime fits."""
     import torch
+
+    from engine.quantize import native_bf16
 
     report: dict = {"torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
                     "cuda_runtime": torch.version.cuda}
     if torch.cuda.is_available():
         free, total = torch.cuda.mem_get_info()
-        report |= {"gpu": torch.cuda.get_device_name(0), "vram_free_gb": round(free / 1e9, 2),
-                   "vram_total_gb": round(total / 1e9, 2)}
-    if shutil.which("nvidia-smi"):
-        result = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                capture_output=True, text=True, timeout=10)
-        report["driver"] = result.stdout.strip() or None
+        major, minor = torch.cuda.get_device_capability(0)
+        report |= {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}",
+                   "native_bf16": native_bf16(torch.device("cuda", 0)), "torch_archs": torch.cuda.get_arch_list(),
+                   "vram_free_gb": round(free / 1e9, 2), "vram_total_gb": round(total / 1e9, 2)}
+    report |= driver_report()
     return report
 
 
+def driver_report() -> dict:
+    """The NVIDIA driver's version and the newest CUDA release it runs (nvidia-smi's header), when there is one."""
+    if not shutil.which("nvidia-smi"):
+        return {}
+    try:
+        query = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                               capture_output=True, text=True, timeout=10)
+        header = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as err:
+        return {"driver": None, "driver_error": str(err)}
+    cuda = re.search(r"CUDA Version:\s*([\d.]+)", header.stdout)
+    return {"driver": query.stdout.strip().splitlines()[0] if query.stdout.strip() else None,
+            "driver_cuda": cuda[1] if cuda else None}
+
+
 def bitsandbytes_report() -> dict:
+    """Whether bitsandbytes loaded its CUDA library (else NF4 and int8 cannot run on the GPU) and why not."""
     try:
         import bitsandbytes
-        import torch
+        from bitsandbytes import cextension
     except ImportError as err:
         return {"installed": False, "error": str(err)}
-    return {"installed": True, "version": bitsandbytes.__version__,
-            "backend": "cuda" if torch.cuda.is_available() else "cpu"}
+    failed = isinstance(cextension.lib, cextension.ErrorHandlerMockBNBNativeLibrary)  # its stand-in for a failed load
+    return {"installed": True, "version": bitsandbytes.__version__, "backend": cextension.BNB_BACKEND,
+            "cuda_library": cextension.lib.compiled_with_cuda is True,
+            "library_error": cextension.lib.error_msg.strip().splitlines()[0] if failed else None}
 
 
 def audio_report() -> dict:
