@@ -2,13 +2,16 @@
 
 Qt-free so the `history` command and the tests use it without a window. Every media file is
 written completely (temporary file, then rename) before the row that names it is committed, so
-a crash never leaves a row pointing at half a file. A database that cannot be opened (another
-program holds a lock on it, or it is damaged) is moved aside with a timestamp and a fresh one
-is started; `HistoryStore.notice` then says so in one line for the window's status area.
+a crash never leaves a row pointing at half a file. What a crash can leave is the other way round:
+a file whose row never got committed, or a temporary file cut off mid-write; the window sweeps
+those away when it opens the history. A database that cannot be opened (another program holds a
+lock on it, or it is damaged) is moved aside with a timestamp and a fresh one is started;
+`HistoryStore.notice` then says so in one line for the window's status area.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -30,6 +33,7 @@ DB_NAME = "history.sqlite3"
 MEDIA_DIR = "media"
 LOCK_TIMEOUT_S = 0.5  # at open: longer than any write of ours holds the lock, short enough not to stall start-up
 TITLE_CHARS = 60
+ORPHAN_AGE_S = 600.0  # unreferenced files younger than this may be another window's write in progress
 ROLES = ("user", "assistant")
 
 SCHEMA = """
@@ -162,14 +166,17 @@ class HistoryStore:
             raise OmnivoxError(f"cannot use {folder} as the data folder: {err.strerror or err}") from None
         path = folder / DB_NAME
         try:
-            return cls(folder, connect(path))
+            store = cls(folder, connect(path))
         except sqlite3.DatabaseError as err:
             if not recover:
                 raise OmnivoxError(f"the history database {path} cannot be read: {err}") from None
             reason = "locked" if "locked" in str(err) else "damaged"
             moved = move_aside(path, reason)
             notice = f"The history database was {reason} ({err}); it was moved to {moved.name}, a new one started."
-        return cls(folder, connect(path), notice)
+            store = cls(folder, connect(path), notice)
+        if recover:  # the window's start; the read-only `history` command changes nothing
+            store.sweep_orphans()
+        return store
 
     def close(self) -> None:
         self.db.close()
@@ -269,6 +276,26 @@ class HistoryStore:
         path = self.media_folder(conversation_id) / name
         write_atomically(path, data)
         return path.relative_to(self.folder).as_posix()
+
+    def sweep_orphans(self, min_age_s: float = ORPHAN_AGE_S) -> list[Path]:
+        """Delete media files no turn names and temporary files a crash cut off; returns them.
+
+        Only files older than `min_age_s`: a second window on the same folder may be between writing
+        a file and committing its row right now. Folders left empty go too."""
+        media = self.folder / MEDIA_DIR
+        referenced = {name for (name,) in self.db.execute(
+            "SELECT audio_file FROM turns WHERE audio_file IS NOT NULL "
+            "UNION SELECT image_file FROM turns WHERE image_file IS NOT NULL")}
+        cutoff = time.time() - min_age_s
+        removed = []
+        for path in sorted(media.rglob("*"), reverse=True):  # a folder's files before the folder
+            if path.is_dir() and not path.is_symlink():
+                with contextlib.suppress(OSError):
+                    path.rmdir()  # only when empty
+            elif path.relative_to(self.folder).as_posix() not in referenced and path.lstat().st_mtime < cutoff:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
 
     def export_markdown(self, conversation_id: int, folder: Path) -> Path:
         """Write `<title>.md` into `folder` with the turns' images and audio copied beside it."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sqlite3
 import subprocess
 import sys
+import time
 import wave
 from pathlib import Path
 
@@ -143,3 +145,64 @@ def test_history_command_on_an_empty_folder_creates_nothing(tmp_path: Path) -> N
                          cwd=ROOT, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["conversations"] == []
     assert not (tmp_path / "none").exists()
+
+
+WRITER = """
+import sys
+from pathlib import Path
+import numpy as np
+from app.history import Clip, HistoryStore
+store = HistoryStore.open(Path(sys.argv[1]))
+conversation = store.new_conversation()
+audio = Clip(np.random.default_rng().uniform(-1, 1, 16000 * 20).astype(np.float32), 16000)  # 640 KB each
+print("writing", flush=True)
+while True:
+    store.add_turn(conversation.id, "user", "hello", audio=audio, image_png=sys.argv[2].encode() * 20000)
+"""
+
+
+def media_files(folder: Path) -> set[str]:
+    return {path.relative_to(folder).as_posix() for path in (folder / "media").rglob("*") if path.is_file()}
+
+
+def referenced_files(store: HistoryStore) -> set[str]:
+    return {name for conversation in store.conversations() for turn in store.turns(conversation.id)
+            for name in (turn.audio_file, turn.image_file) if name}
+
+
+@pytest.mark.slow
+def test_files_left_by_kills_mid_write_are_swept_at_start(tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    rng = np.random.default_rng(7)
+    for _ in range(25):
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(folder), "x"], cwd=ROOT, stdout=subprocess.PIPE)
+        assert writer.stdout.readline() == b"writing\n"
+        time.sleep(rng.uniform(0.0, 0.2))
+        writer.kill()
+        writer.wait()
+        writer.stdout.close()
+    store = HistoryStore.open(folder, recover=False)  # the read-only command: it sweeps nothing
+    orphans = media_files(folder) - referenced_files(store)
+    store.close()
+    assert orphans and any(name.endswith(".tmp") for name in orphans)  # what the kills left, as in the probe
+    long_ago = time.time() - 3600
+    for path in (folder / "media").rglob("*"):
+        os.utime(path, (long_ago, long_ago))
+
+    store = HistoryStore.open(folder)  # the window's start
+    assert media_files(folder) == referenced_files(store) and referenced_files(store)
+    assert store.db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    store.close()
+
+
+def test_a_young_unreferenced_file_may_be_another_windows_write_and_stays(store: HistoryStore) -> None:
+    conversation = store.new_conversation()
+    kept = store.add_turn(conversation.id, "user", "hi", image_png=png())
+    fresh = store.media_folder(conversation.id) / "20260101-000000-user-0123abcd.wav"
+    fresh.write_bytes(b"RIFF")
+    stale = store.media_folder(conversation.id) / ".x.png.abc.tmp"
+    stale.write_bytes(b"half")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    assert store.sweep_orphans() == [stale]
+    assert fresh.exists() and store.path(kept.image_file).exists()
+    assert store.sweep_orphans(min_age_s=0) == [fresh]
