@@ -186,9 +186,6 @@ class EngineClient(QObject):
 
     # ---- plumbing ----------------------------------------------------------------------------
 
-    def is_connected(self) -> bool:
-        return self.socket.state() == QAbstractSocket.SocketState.ConnectedState
-
     def send(self, frame: bytes) -> None:
         if self.verified:
             self.write(frame)

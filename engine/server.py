@@ -412,7 +412,7 @@ class Doorway:
         self.greetings[sock] = Greeting(sock)
         self.selector.register(sock, selectors.EVENT_READ)
         if len(self.greetings) > MAX_GREETINGS:
-            self.forget(min(self.greetings.values(), key=lambda greeting: greeting.since).sock)
+            self.forget(next(iter(self.greetings)))  # the oldest: dicts keep arrival order
 
     def hear(self, greeting: Greeting) -> bool:
         """Read what this connection sent; True once it has proved it is the app."""
@@ -441,9 +441,12 @@ class Doorway:
         self.forget(sock)
 
     def forget(self, sock: socket.socket) -> None:
+        self.stop_hearing(sock)
+        sock.close()
+
+    def stop_hearing(self, sock: socket.socket) -> None:
         self.selector.unregister(sock)
         del self.greetings[sock]
-        sock.close()
 
     def drop_stale(self) -> None:
         now = time.monotonic()
@@ -451,8 +454,7 @@ class Doorway:
             self.forget(greeting.sock)
 
     def let_in(self, sock: socket.socket) -> socket.socket:
-        self.selector.unregister(sock)
-        del self.greetings[sock]
+        self.stop_hearing(sock)
         sock.setblocking(True)
         return sock
 
