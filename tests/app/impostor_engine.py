@@ -1,7 +1,8 @@
 """A stand-in for the engine process that misbehaves on purpose, for EngineClient's tests.
 
-Run as `python -m tests.app.impostor_engine MODE` by a wrapper the client starts instead of
-Python. It speaks the real protocol up to the client's hello, then:
+Run as `python -m tests.app.impostor_engine MODE HEARD` by a wrapper the client starts instead
+of Python. It speaks the real protocol up to the client's hello, writes to the file HEARD what
+the client sends in the half second after it, then:
   wrong-pid    answers ready with a pid that is not its own (whatever holds the port, not our child);
   bad-frames   answers ready, then a frame with a list for its type and a pong for the first ping,
                then a payload of 2**62 bytes (a frame that cannot be framed) for the next ping.
@@ -14,6 +15,7 @@ import os
 import socket
 import struct
 import sys
+from pathlib import Path
 
 from engine.protocol import PORT_ANNOUNCEMENT, TOKEN_ENV, check_hello, encode_frame, header_length, read_frame
 
@@ -30,10 +32,22 @@ def accept_the_app(server: socket.socket) -> socket.socket:
     return sock
 
 
-def main(mode: str) -> None:
+def unasked(sock: socket.socket) -> bytes:
+    """What the client sends before it has been answered: nothing, if it waits for ready."""
+    sock.settimeout(0.5)
+    try:
+        return sock.recv(1 << 16)
+    except TimeoutError:
+        return b""
+    finally:
+        sock.settimeout(None)
+
+
+def main(mode: str, heard: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as server:
         print(f"{PORT_ANNOUNCEMENT} {server.getsockname()[1]}", flush=True)
         sock = accept_the_app(server)
+    heard.write_bytes(unasked(sock))
     pid = os.getpid() + 1 if mode == "wrong-pid" else os.getpid()
     sock.sendall(encode_frame({"type": "ready", "id": "", "pid": pid, "protocol": 3}))
     stream = sock.makefile("rb")
@@ -47,4 +61,4 @@ def main(mode: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], Path(sys.argv[2]))

@@ -204,7 +204,7 @@ def test_each_engine_start_gets_a_new_token_in_its_environment_never_its_command
 def impostor(tmp_path: Path, mode: str) -> EngineClient:
     """A client whose 'Python' starts tests/app/impostor_engine.py in `mode` instead of the engine."""
     wrapper = tmp_path / "python"
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m tests.app.impostor_engine {mode}\n')
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m tests.app.impostor_engine {mode} "{tmp_path}/heard"\n')
     wrapper.chmod(0o755)
     return EngineClient(python=str(wrapper))
 
@@ -219,7 +219,8 @@ def test_a_ready_from_another_pid_is_not_our_engine(qapp, qtbot, tmp_path: Path)
     pid = died.args[0].rsplit("the engine is pid ", 1)[1].rstrip(")")
     assert died.args[0] == ("the process on the engine's port is not the engine this app started (its first "
                             f"message was 'ready' from pid {int(pid) + 1}, the engine is pid {pid})")
-    assert readies == [] and client.outbox == [] and not client.verified
+    assert readies == [] and not client.verified
+    assert (tmp_path / "heard").read_bytes() == b""  # the model path never went out before a ready
     client.shutdown()
 
 
