@@ -2,9 +2,10 @@
 
 1. Time from starting the app's EngineClient to the engine process answering a ping (no model),
    through the handshake (hello with the start token, ready from the child's pid).
-2. Round trip of one frame through a loopback socket to an echo process, with the real framing
+2. The handshake alone: connect to a listening engine, hello, ready.
+3. Round trip of one frame through a loopback socket to an echo process, with the real framing
    both ways: a 30 s speech turn's PCM, a 1080p PNG, and the audio/text events a reply streams.
-3. Time to first audio of a 30 s spoken turn on the test checkpoint: `Session.respond` in this
+4. Time to first audio of a 30 s spoken turn on the test checkpoint: `Session.respond` in this
    process vs the same turn through `python -m engine.server` (goal: at most 5 ms added).
 
 Usage: python benchmarks/engine_ipc.py [--json] [--runs N]
@@ -98,7 +99,41 @@ def engine_alive(runs: int) -> dict:
             "ready_median_ms": round(statistics.median(ready_ms), 3)}
 
 
-# ---- 2. frame round trips through an echo process --------------------------------------------
+# ---- 2. the start handshake: connect → ready -------------------------------------------------
+
+def start_engine() -> tuple[subprocess.Popen, int, str]:
+    """An engine process started as the app starts it; its port and start token."""
+    token = secrets.token_hex(32)
+    process = subprocess.Popen([sys.executable, "-m", "engine.server"], cwd=ROOT, stdout=subprocess.PIPE,
+                               env={**os.environ, TOKEN_ENV: token})
+    assert process.stdout is not None
+    name, port = process.stdout.readline().decode().split()
+    assert name == PORT_ANNOUNCEMENT
+    return process, int(port), token
+
+
+def connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def handshake(runs: int) -> dict:
+    """What reaching the engine costs once it listens: connect, hello with the token, ready back."""
+    times = []
+    for _ in range(runs):
+        process, port, token = start_engine()
+        started = time.perf_counter()
+        with connect(port) as sock, sock.makefile("rb") as stream:
+            sock.sendall(hello_frame(token))
+            assert read_frame(stream, sender="engine")[0]["type"] == "ready"
+            times.append(ms(time.perf_counter() - started))
+            sock.sendall(encode_frame({"type": "shutdown", "id": "s"}))
+        process.wait(timeout=30)
+    return {"measurement": "connect_to_ready_handshake", **summary(times)}
+
+
+# ---- 3. frame round trips through an echo process --------------------------------------------
 
 def echo_server() -> int:
     """Hidden mode: echo every frame back, parsing a respond as the engine would."""
@@ -130,8 +165,7 @@ def round_trips(runs: int) -> list[dict]:
     }
     process = subprocess.Popen([sys.executable, __file__, "--echo-server"], stdout=subprocess.PIPE)
     assert process.stdout is not None
-    sock = socket.create_connection(("127.0.0.1", int(process.stdout.readline())))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = connect(int(process.stdout.readline()))
     stream = sock.makefile("rb")
     rows = []
     for name, (build, payload_bytes) in cases.items():
@@ -158,7 +192,7 @@ def audio_event(chunk: np.ndarray) -> bytes:
                         pcm.tobytes())
 
 
-# ---- 3. time to first audio: in-process vs through the engine process ------------------------
+# ---- 4. time to first audio: in-process vs through the engine process ------------------------
 
 def in_process_turns(folder: Path, pcm: bytes, runs: int) -> list[tuple[float, float]]:
     """(time to first audio, the session's own first_audio mark) per turn, in ms."""
@@ -183,14 +217,8 @@ def in_process_turns(folder: Path, pcm: bytes, runs: int) -> list[tuple[float, f
 
 
 def engine_turns(folder: Path, pcm: bytes, runs: int) -> list[tuple[float, float]]:
-    token = secrets.token_hex(32)
-    process = subprocess.Popen([sys.executable, "-m", "engine.server"], cwd=ROOT, stdout=subprocess.PIPE,
-                               env={**os.environ, TOKEN_ENV: token})
-    assert process.stdout is not None
-    name, port = process.stdout.readline().decode().split()
-    assert name == PORT_ANNOUNCEMENT
-    sock = socket.create_connection(("127.0.0.1", int(port)))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    process, port, token = start_engine()
+    sock = connect(port)
     sock.sendall(hello_frame(token))
     stream = sock.makefile("rb")
 
@@ -253,7 +281,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.echo_server:
         return echo_server()
-    steps = [lambda: [engine_alive(args.runs)], lambda: round_trips(4 * args.runs),
+    steps = [lambda: [engine_alive(args.runs)], lambda: [handshake(4 * args.runs)], lambda: round_trips(4 * args.runs),
              lambda: [time_to_first_audio(args.runs)]]
     for step in steps:
         for row in step():
