@@ -9,7 +9,7 @@ A bad frame raises `ProtocolError`, and nothing else does, whatever the bytes. W
 end is still known (its header is a JSON object with a byte count in `payload_size`, all within
 the limits), the reader has consumed the frame (`skip` says how many of its bytes are still to be
 dropped) and the connection goes on. When it is not (a header over 64 KB or nested deeper than
-32 levels, not JSON, without a byte count, or announcing a payload over 256 MB), the error is
+32 levels, not a JSON object, without a byte count, or announcing a payload over 256 MB), the error is
 `fatal`: nothing after it can be framed, so the connection must be closed.
 
 The app's first frame is `hello {token}`: the start token the app handed its engine process in
@@ -27,8 +27,9 @@ Events (engine → app; `id` is the request or turn they answer, "" for none):
   turn_done {text, audio_seconds, timings_ms, tokens, adapter, cancelled}
   transcript {text, cancelled}
 
-Versions: 2 added transcribe and transcript; 3 added hello. A peer only refuses frames newer than its own
-version, so an engine of version 2 still serves an app of version 1.
+Versions: 2 added transcribe and transcript; 3 added hello, which the engine requires first, so an
+app older than 3 cannot reach it (the two ship together). Otherwise a peer only refuses frames
+newer than its own version: an engine of version 3 reads the other frames of versions 1 and 2.
 """
 
 from __future__ import annotations
