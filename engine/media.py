@@ -186,8 +186,8 @@ def check_pixels(image: Image.Image, name: str) -> None:
     """The header's size against the decoding budget (after a JPEG's reduced-scale draft)."""
     width, height = image.size
     if width * height > MAX_DECODED_PIXELS:
-        raise OmnivoxError(f"{name}: the image is {width}×{height} ({width * height / 1e6:.0f} megapixels), over the "
-                           f"{MAX_DECODED_PIXELS // 1_000_000} this decodes; shrink it first.")
+        raise OmnivoxError(f"{name}: the image is {width}×{height} ({width * height / 1e6:.0f} megapixels); at most "
+                           f"{MAX_DECODED_PIXELS // 1_000_000} megapixels are decoded — shrink it first.")
 
 
 def check_text_budget(text: str | None, tokenizer, max_tokens: int) -> None:  # noqa: ANN001 - a transformers tokenizer
