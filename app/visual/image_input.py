@@ -24,9 +24,11 @@ from engine.errors import OmnivoxError
 FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP", "BMP": "BMP", "GIF": "GIF"}
 ACCEPTED = "PNG, JPEG, WebP, BMP or GIF"
 MAX_SIDE = 2880  # the long side of what is attached; the engine downscales further for the model
-MAX_PIXELS = 300_000_000  # beyond this, decoding alone would take gigabytes of memory
-# Pillow warns above this and refuses twice this; our own check below gives the user a clearer line.
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# Pixels a decode may produce, checked from the header (after a JPEG's reduced-scale draft) before decoding:
+# up to 0.4 GB as RGBA in the window's process, far above any screen (8K is 33 megapixels).
+MAX_PIXELS = 100_000_000
+# Headers beyond this are refused as they are opened: Pillow warns past it, and here its warning is an error.
+Image.MAX_IMAGE_PIXELS = 400_000_000
 
 
 class ImageRejected(OmnivoxError):
@@ -51,11 +53,11 @@ def load_image_file(path: Path) -> LoadedImage:
         raise ImageRejected(f"{path.name} is empty (0 bytes).")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(path)
     except UnidentifiedImageError:
         raise ImageRejected(f"{path.name} is not an image Omnivox can read ({ACCEPTED}).") from None
-    except Image.DecompressionBombError:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise ImageRejected(f"{path.name} is too large (over {MAX_PIXELS // 1_000_000} megapixels).") from None
     except OSError as err:
         raise ImageRejected(f"{path.name} cannot be read: {err.strerror or err}.") from None
@@ -68,9 +70,9 @@ def load_image_file(path: Path) -> LoadedImage:
 def prepare(image: Image.Image, name: str) -> LoadedImage:
     """Decode (the first frame of an animation), orient, downscale to MAX_SIDE and encode as PNG."""
     width, height = image.size
-    if width * height > MAX_PIXELS:
-        raise ImageRejected(f"{name} is too large ({width}×{height}, over {MAX_PIXELS // 1_000_000} megapixels).")
     image.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG: let the decoder skip detail we would throw away
+    if image.width * image.height > MAX_PIXELS:  # what decoding would make, known before a pixel is decoded
+        raise ImageRejected(f"{name} is too large ({width}×{height}, over {MAX_PIXELS // 1_000_000} megapixels).")
     try:
         image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as err:

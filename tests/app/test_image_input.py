@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +17,9 @@ from PySide6.QtCore import QMimeData, QTimer, QUrl
 from PySide6.QtGui import QColor, QImage
 
 from app.visual.image_input import MAX_SIDE, ImageInput, LoadedImage
+from tests.probes import PNG_GREY_1BIT, PNG_RGBA, blank_png
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write(path: Path, size: tuple[int, int] = (64, 48), color: tuple[int, ...] = (220, 40, 40), **save) -> Path:
@@ -97,21 +104,52 @@ def test_many_files_attach_the_first_image_and_say_so(qtbot, tmp_path: Path) -> 
 @pytest.fixture(scope="session")
 def huge_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("huge") / "huge.png"
-    Image.new("RGB", (20_000, 10_000), (40, 90, 160)).save(path, compress_level=1)  # 200 megapixels
+    Image.new("RGB", (12_500, 8_000), (40, 90, 160)).save(path, compress_level=1)  # 100 megapixels, the most taken
     return path
 
 
-def test_a_200_megapixel_image_is_downscaled_while_the_ui_keeps_running(qtbot, huge_png: Path) -> None:
+def test_a_100_megapixel_image_is_downscaled_while_the_ui_keeps_running(qtbot, huge_png: Path) -> None:
     ticks: list[float] = []
     timer = QTimer()
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     timer.start(10)
     loaded, notices = attach(qtbot, [huge_png])
     timer.stop()
-    assert max(loaded.image.width(), loaded.image.height()) == MAX_SIDE and loaded.original_size == (20_000, 10_000)
-    assert notices == ["huge.png is 20000×10000; attached at 2880×1440."]
+    assert max(loaded.image.width(), loaded.image.height()) == MAX_SIDE and loaded.original_size == (12_500, 8_000)
+    assert notices == [f"huge.png is 12500×8000; attached at 2880×{loaded.image.height()}."]
     longest_gap = max(b - a for a, b in zip(ticks, ticks[1:], strict=False))
     assert len(ticks) > 50 and longest_gap < 0.25  # decoding took seconds; the event loop never stopped for long
+
+
+PROBE = """
+import json, resource, sys
+from pathlib import Path
+from app.visual.image_input import ImageRejected, load_image_file
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+try:
+    outcome = "attached at %dx%d" % load_image_file(Path(sys.argv[1])).image.size().toTuple()
+except ImageRejected as err:
+    outcome = str(err)
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+print(json.dumps({"outcome": outcome, "grown": grown}))
+"""
+
+
+@pytest.mark.parametrize(("size", "depth_and_colour", "outcome", "most"), [
+    ((17_300, 17_300), PNG_GREY_1BIT, "is too large (17300×17300, over 100 megapixels)", 50 << 20),  # 35 KB
+    ((20_000, 19_950), PNG_GREY_1BIT, "is too large (20000×19950, over 100 megapixels)", 50 << 20),  # 48 KB
+    ((27_930, 27_930), PNG_GREY_1BIT, "is too large (over 100 megapixels)", 50 << 20),  # 95 KB
+    ((12_500, 8_000), PNG_RGBA, "attached at 2880x1843", 1 << 30),  # the most it decodes
+])
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path, size: tuple[int, int],
+                                                         depth_and_colour: tuple[int, int], outcome: str,
+                                                         most: int) -> None:
+    path = blank_png(tmp_path / "probe.png", *size, depth_and_colour)
+    result = subprocess.run([sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True, timeout=120,
+                            cwd=ROOT, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert outcome in report["outcome"] and report["grown"] < most, report
 
 
 def test_a_pasted_image_and_a_dropped_url_go_through_the_same_path(qtbot, tmp_path: Path) -> None:
