@@ -1,4 +1,5 @@
-"""Hostile input files made on the fly, without ever holding their decoded size in memory.
+"""Hostile inputs made on the fly: files that expand past any budget, without the test ever holding
+their decoded size in memory, and a small real filesystem that fills up.
 
 A PNG's rows are written through zlib a stripe at a time, so a 780-megapixel picture of 95 KB costs
 the test a few megabytes; a long multichannel FLAC is written block by block.
@@ -6,11 +7,16 @@ the test a few megabytes; a long multichannel FLAC is written block by block.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import struct
+import subprocess
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile
 
 PNG_GREY_1BIT, PNG_RGBA = (1, 0), (8, 6)  # (bit depth, colour type)
@@ -46,3 +52,17 @@ def silent_flac(path: Path, seconds: float, rate: int, channels: int) -> Path:
             out.write(block[:left])
             left -= len(block)
     return path
+
+
+@contextlib.contextmanager
+def small_filesystem(mount_point: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of `size` (e.g. "300k") at `mount_point`, so writes fail with ENOSPC as on a full disk;
+    the test is skipped where mounting is not allowed (not root)."""
+    mount_point.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)

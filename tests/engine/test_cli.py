@@ -6,12 +6,14 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import soundfile
 
 from main import main
+from tests.probes import small_filesystem
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,19 +123,14 @@ def test_a_device_is_never_replaced(test_model: Path, tmp_path: Path, capsys) ->
 
 
 @pytest.fixture
-def full_disk(tmp_path: Path):
-    """A real, full 1 MB filesystem (tmpfs): writes fail with ENOSPC as on a full disk."""
-    mount_point = tmp_path / "full"
-    mount_point.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    with contextlib.suppress(OSError), (mount_point / "filler").open("wb") as filler:
-        while True:
-            filler.write(b"\0" * 65536)
-            filler.flush()
-    yield mount_point
-    subprocess.run(["umount", str(mount_point)], check=False)
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real, full 1 MB filesystem: writes fail with ENOSPC as on a full disk."""
+    with small_filesystem(tmp_path / "full", "1m") as mount_point:
+        with contextlib.suppress(OSError), (mount_point / "filler").open("wb") as filler:
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+        yield mount_point
 
 
 def test_a_full_disk_is_one_error_line_and_leaves_nothing(test_model: Path, full_disk: Path, capsys) -> None:

@@ -38,10 +38,15 @@ def test_broken_config_files_get_one_line_errors(tmp_path: Path) -> None:
         LyraConfig.from_file(path)
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [
+ISSUE_PROBES = [  # field, value, what the one line says
     ("num_attention_heads", 0, "num_attention_heads = 0 is outside 1…512"),
     ("hidden_size", 1e9, "hidden_size = 1e\\+09 is outside"),
     ("num_hidden_layers", 1e6, "num_hidden_layers = 1e\\+06 is outside"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    *ISSUE_PROBES,
     ("num_attention_heads", 5, "hidden_size 64 is not a multiple of num_attention_heads 5"),
     ("num_key_value_heads", 3, "num_attention_heads 4 is not a multiple of num_key_value_heads 3"),
     ("vocab_size", "many", "vocab_size must be a whole number, got 'many'"),
@@ -59,9 +64,7 @@ def test_bad_sizes_fail_in_one_line_before_anything_is_built(field: str, value, 
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
-    ("num_attention_heads", 0, "num_attention_heads = 0"),
-    ("hidden_size", 1e9, "hidden_size = 1e\\+09"),
-    ("num_hidden_layers", 1e6, "num_hidden_layers = 1e\\+06"),
+    *ISSUE_PROBES,
     ("num_hidden_layers", 3, "says 3 layers under model.layers but the weights hold 4"),
     ("intermediate_size", 96, "model.layers.0.mlp.gate_proj.weight has shape \\[128, 64\\] but .* needs \\[96, 64\\]"),
 ])

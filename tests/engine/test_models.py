@@ -2,8 +2,8 @@
 
 import json
 import os
-import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,7 @@ from engine.catalog import CATALOG
 from engine.errors import OmnivoxError
 from engine.models import DownloadCancelled, ModelStore, Progress, read_vocoder_source
 from tests.engine.hub_standin import HubStandIn
+from tests.probes import small_filesystem
 
 NAME = "Lyra-Mini-3B"
 
@@ -126,15 +127,10 @@ def test_unknown_model_names_the_choices(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def tiny_disk(tmp_path: Path):
-    """A real 300 KB filesystem (tmpfs), so writes fail with ENOSPC as on a full disk."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount_point)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    yield mount_point
-    subprocess.run(["umount", str(mount_point)], check=False)
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 300 KB filesystem, so writes fail with ENOSPC as on a full disk."""
+    with small_filesystem(tmp_path / "tiny", "300k") as mount_point:
+        yield mount_point
 
 
 def test_a_full_disk_is_a_clear_error_and_nothing_is_installed(hub: HubStandIn, tiny_disk: Path) -> None:
