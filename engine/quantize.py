@@ -5,8 +5,9 @@ the ViT blocks, the Whisper layers and the CTC generator's layers — become bit
 `Linear4bit` / `Linear8bitLt`. In `nf4` an untied lm_head (1.1 GB in Lyra-Base) becomes
 LLM.int8 (outlier columns stay in fp16, so the logits barely move); that is what brings Base
 under 6.5 GB. Everything else stays in half precision on CUDA: the embedding table (a lookup,
-no matmul), norms, convolutions, the ViT patch merger, the speech projectors and the vocoder
-(small, and their errors are audible or compound through the whole sequence).
+no matmul), norms, convolutions, the ViT patch merger and the speech projectors (small, and their
+errors compound through the whole sequence). Half is bf16 only where the GPU computes it natively
+(compute capability 8.0+), else fp16. The vocoder runs in fp32 in every mode (engine/loading.py).
 """
 
 from __future__ import annotations
