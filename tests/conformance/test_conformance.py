@@ -158,7 +158,8 @@ def test_engine_answers_as_lyra_does(variant: tuple, case: Case, monkeypatch: py
     decode_positions = torch.cat(seen.positions[len(seen.positions) - case.max_new_tokens:-1], dim=1)
     assert torch.equal(prompt_positions, theirs["positions"].long())
     assert torch.equal(decode_positions, theirs["decode_positions"].long())
-    assert int(prompt_positions.max()) + 1 - prompt_positions.shape[1] == expected["rope_delta"]
+    # Lyra continues decoding at prompt length + rope delta; the engine at the prompt's max position + 1
+    assert int(seen.positions[-case.max_new_tokens][0, 0]) == prompt_positions.shape[1] + expected["rope_delta"]
 
     assert max_diff(torch.stack(seen.logits), theirs["logits"]) <= LOGITS_TOLERANCE
     assert [int(row.argmax()) for row in seen.logits] == expected["greedy_ids"]
