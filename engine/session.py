@@ -122,8 +122,16 @@ class Session:
         positions, self.next_position = mrope_positions(pieces, self.next_position)
         media_mask = torch.tensor([piece.is_media for piece in pieces for _ in range(piece.length)])
         model = self.lyra.model
-        state = extraction.prefill_prefix(model, self.embed_pieces(pieces, {"image": embeds})[None].to(model.dtype),
-                                          positions, media_mask, self.cache, self.extraction)
+        try:
+            state = extraction.prefill_prefix(model, self.embed_pieces(pieces, {"image": embeds})[None].to(model.dtype),
+                                              positions, media_mask, self.cache, self.extraction)
+        except Exception as err:  # the layers below the failing one hold the prefix: take it out again
+            self.cache.truncate(start[0])
+            self.cache.release_spare()
+            self.next_position = start[1]
+            if isinstance(err, torch.OutOfMemoryError):
+                raise out_of_memory(self.cached_tokens + len(media_mask)) from err
+            raise
         self.prefetched = Prefetched(image_key(image), pieces, state, start)
 
     def drop_prefetch(self) -> None:
@@ -191,12 +199,7 @@ class Session:
         except torch.OutOfMemoryError as err:
             tokens = self.turn_tokens
             self.restore(before)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()  # hand the failed turn's blocks back to the driver
-            raise OmnivoxError(
-                f"out of GPU memory at {tokens} tokens in the conversation; send shorter audio or a smaller image, "
-                "start a new conversation, or choose a smaller model (the conversation is as before this turn)."
-            ) from err
+            raise out_of_memory(tokens) from err
         except Exception:
             self.restore(before)
             raise
@@ -363,6 +366,16 @@ class Session:
                 f"the conversation would reach {self.cached_tokens + needed} tokens, over the model's "
                 f"{limit}; start a new conversation or send shorter audio."
             )
+
+
+def out_of_memory(tokens: int) -> OmnivoxError:
+    """The one line a turn or prefetch that ran out of GPU memory ends with, once its blocks are given back."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # hand the failed work's cached blocks back to the driver
+    return OmnivoxError(
+        f"out of GPU memory at {tokens} tokens in the conversation; send shorter audio or a smaller image, "
+        "start a new conversation, or choose a smaller model (the conversation is as before this turn)."
+    )
 
 
 def collect(events: Iterator[Event]) -> tuple[TurnDone, np.ndarray]:

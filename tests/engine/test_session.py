@@ -237,3 +237,22 @@ def test_non_finite_logits_stop_the_turn_with_a_clear_error(lyra_fp32, monkeypat
         hook.remove()
     lengths, position, turns = conversation_state(session)
     assert not any(lengths) and (position, turns) == (0, 0)
+
+
+def test_out_of_memory_in_a_prefetch_leaves_the_conversation_as_it_was(lyra_fp32,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    picture = Image.new("RGB", (64, 64), (30, 200, 30))
+    request = TurnRequest(image=picture, text="And this one?", max_new_tokens=4, speak=False)
+    session = Session(lyra_fp32, extraction=None)  # the prefix then goes through every layer
+    collect(session.respond(TurnRequest(text="My name is Ada.", max_new_tokens=4, speak=False)))
+    before = conversation_state(session)
+    fail_at_call(monkeypatch, lyra_fp32.model.llm.layers[2], 1, out_of_memory(), prompt=True)
+    with pytest.raises(OmnivoxError, match="out of GPU memory"):
+        session.prefetch(picture)
+    monkeypatch.undo()
+    assert conversation_state(session) == before and session.prefetched is None
+    retried, _ = collect(session.respond(request))
+    fresh = Session(lyra_fp32, extraction=None)
+    collect(fresh.respond(TurnRequest(text="My name is Ada.", max_new_tokens=4, speak=False)))
+    expected, _ = collect(fresh.respond(request))
+    assert retried.text == expected.text and retried.tokens == expected.tokens
