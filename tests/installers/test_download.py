@@ -134,3 +134,12 @@ def test_no_known_size_or_checksum_is_never_complete(behaviour: Behaviour, tmp_p
     with LoopbackServer(behaviour) as server, pytest.raises(DownloadError, match="cannot be verified"):
         download(server.url("runtime.whl"), tmp_path / "runtime.whl", "", len(BODY))
     assert behaviour.requests == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_cut_chunked_transfer_is_retried_within_one_run(behaviour: Behaviour, tmp_path: Path) -> None:
+    """What the first-run GPU runtime sees: the retry resumes, where IncompleteRead used to end the install."""
+    behaviour.chunked, behaviour.drop_after = True, 3 * 65536 + 5000
+    with LoopbackServer(behaviour) as server:
+        download(server.url("runtime.whl"), tmp_path / "runtime.whl", SHA, len(BODY))
+    assert (tmp_path / "runtime.whl").read_bytes() == BODY
+    assert [ranged for _, ranged in behaviour.requests] == [None, f"bytes={3 * 65536}-"]
