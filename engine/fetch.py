@@ -138,8 +138,8 @@ def receive(url: str, part: Path, have: int, size: int, label: str, on_bytes: On
 
 
 def read_block(response: http.client.HTTPResponse, amount: int) -> tuple[bytes, http.client.IncompleteRead | None]:
-    """Up to `amount` bytes (b"" at the end), and the error that cut a chunked body short: the whole chunks
-    that arrived before the cut come with it, so the resume starts after them."""
+    """Up to `amount` bytes (b"" at the end), and the error that cut a chunked body short: the bytes that
+    arrived before the cut come with it, so the resume starts after them."""
     try:
         return response.read(amount), None
     except http.client.IncompleteRead as cut:

@@ -108,9 +108,9 @@ def test_a_cut_chunked_transfer_is_a_resumable_error(behaviour: Behaviour, tmp_p
     with LoopbackServer(behaviour) as server:
         with pytest.raises(DownloadError, match="IncompleteRead.*resumes where it stopped"):
             download(server.url("runtime.whl"), dest, SHA, len(BODY), attempts=1)
-        assert not dest.exists() and (tmp_path / "runtime.whl.part").stat().st_size == CHUNK
+        assert not dest.exists() and (tmp_path / "runtime.whl.part").stat().st_size == CHUNK + 100  # all that came
         download(server.url("runtime.whl"), dest, SHA, len(BODY))
-    assert dest.read_bytes() == BODY and behaviour.requests[-1] == ("/runtime.whl", f"bytes={CHUNK}-")
+    assert dest.read_bytes() == BODY and behaviour.requests[-1] == ("/runtime.whl", f"bytes={CHUNK + 100}-")
 
 
 def test_a_server_sending_more_than_expected_is_cut_off(behaviour: Behaviour, tmp_path: Path) -> None:
@@ -138,8 +138,8 @@ def test_no_known_size_or_checksum_is_never_complete(behaviour: Behaviour, tmp_p
 
 def test_a_cut_chunked_transfer_is_retried_within_one_run(behaviour: Behaviour, tmp_path: Path) -> None:
     """What the first-run GPU runtime sees: the retry resumes, where IncompleteRead used to end the install."""
-    behaviour.chunked, behaviour.drop_after = True, 3 * 65536 + 5000
+    behaviour.chunked, behaviour.drop_after = True, 3 * 65536 + 5000  # mid-chunk
     with LoopbackServer(behaviour) as server:
         download(server.url("runtime.whl"), tmp_path / "runtime.whl", SHA, len(BODY))
     assert (tmp_path / "runtime.whl").read_bytes() == BODY
-    assert [ranged for _, ranged in behaviour.requests] == [None, f"bytes={3 * 65536}-"]
+    assert [ranged for _, ranged in behaviour.requests] == [None, f"bytes={3 * 65536 + 5000}-"]
