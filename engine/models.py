@@ -145,8 +145,12 @@ class ModelStore:
         return ModelPaths(folder, vocoder)
 
     def vocoder_expectations(self) -> dict[str, Expected]:
-        return {file.name: Expected.known(f"vocoder/{file.name}", file.size, file.sha256)
-                for file in self.vocoder.files}
+        try:
+            return {file.name: Expected.known(f"vocoder/{file.name}", file.size, file.sha256)
+                    for file in self.vocoder.files}
+        except DownloadError as err:
+            raise DownloadError(f"{err} Give its size and SHA-256 with `python main.py models --vocoder-source "
+                                "FILE download …`.") from None
 
     def repo_files(self, entry: CatalogModel) -> tuple[str | None, dict[str, Expected]]:
         """The repository's commit and what each of its files must be, from the hub."""
