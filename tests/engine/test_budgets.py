@@ -78,7 +78,8 @@ def ordinary_peak(test_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 PROBES = [  # probe, extra arguments, exit status, what stderr says
-    ("png_399_mpx", ["--image", "{path}", "--text", "What is it?"], 1, "(399 megapixels); at most 100 megapixels are decoded"),
+    ("png_399_mpx", ["--image", "{path}", "--text", "What is it?"], 1,
+     "(399 megapixels); at most 100 megapixels are decoded"),
     ("png_780_mpx", ["--image", "{path}", "--text", "What is it?"], 1, "too large to decode"),
     ("png_100_mpx_rgba", ["--image", "{path}", "--text", "What is it?"], 0, ""),
     ("flac_8ch_192k_8min", ["--audio", "{path}"], 1, "convert it to mono or a lower rate"),
