@@ -572,7 +572,7 @@ def main() -> None:
         with contextlib.chdir(work):  # Lyra re-reads the towers from the relative model_zoo/ paths
             loaded = load_like_cli(folder)
             results = {case.name: run_case(case, folder, loaded, lyra_cli) for case in CASES}
-        speech_units.append(results["speech_text"]["units"])
+        speech_units.append(max((result["units"] for result in results.values()), key=len))  # the longest reply
         tensors = {f"{case}.{key}": value.contiguous() for case, result in results.items()
                    for key, value in result.pop("tensors").items()}
         save_file(tensors, args.out / f"{name}.reference.safetensors")
