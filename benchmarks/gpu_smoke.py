@@ -33,7 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 TURN_TOKENS = {"cuda": 48, "cpu": 8}  # decoded tokens per timed turn (end-of-turn ignored: fixed length)
 AGREEMENT_TOKENS = 16
-COSINE_GOAL = 0.98  # what tests/engine/test_quantize.py asks of NF4 against fp32 on the CPU
+# NF4's first-step logits against the unquantized model's. A broken 4-bit kernel gives ~0; random weights
+# drift with depth (CPU, against fp32: 0.982 for tiny's 4 layers, 0.937 for bench's 16).
+COSINE_GOAL = 0.9
 
 
 def install_wheels(folder: Path) -> None:
