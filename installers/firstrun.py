@@ -157,7 +157,8 @@ def command(argv: list[str]) -> int:
         if not gpu_runtime.activate(Path(argv[1])):
             print(json.dumps({"problem": "the GPU runtime is not installed completely: install it again."}))
             return 1
-        print(json.dumps({"problem": gpu_runtime.check_active_runtime()}))
+        problem = gpu_runtime.check_active_runtime()
+        print(json.dumps({"problem": problem, "torch": sys.modules["torch"].__file__}))  # where it came from
         return 0
     decided, root = current_plan()
     if action == "status":

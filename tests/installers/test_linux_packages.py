@@ -147,12 +147,13 @@ def test_tarball_self_test_from_an_odd_path(tar_install: Path) -> None:
     assert str(tar_install / "gpu-runtime") in status.stdout  # a writable app folder keeps its runtime inside
 
 
-def test_first_run_gpu_runtime_resumes_and_is_used(tar_install: Path, tmp_path: Path) -> None:
+def test_first_run_gpu_runtime_resumes_and_is_checked_before_use(tar_install: Path, tmp_path: Path) -> None:
     """The first-run download in the frozen app, with the GPU injected: an `nvidia-smi` on PATH that
     reports one (there is none here), and a manifest put where the build puts it, listing this
     machine's CPU torch wheel (no CUDA wheels can be fetched here) served on the loopback interface.
-    The download is killed part-way, resumed by the next run, and the self-test then imports torch
-    from the runtime folder instead of the bundle."""
+    The download is killed part-way and resumed by the next run. The check after it imports torch
+    from the runtime folder, not the bundle — and, since that torch reaches no GPU, refuses the
+    runtime: the self-test keeps the bundled torch, as a user's app would after a too-old driver."""
     wheel = next(Path("/opt/wheels").glob("torch-*.whl"), None)
     if wheel is None:
         pytest.skip("no local torch wheel to serve")
@@ -184,11 +185,17 @@ def test_first_run_gpu_runtime_resumes_and_is_used(tar_install: Path, tmp_path: 
         assert 0 < kept < len(body)
         second = subprocess.run([binary, "--gpu-runtime", "install"], capture_output=True, text=True, env=env,
                                 timeout=600)
-        assert second.returncode == 0, second.stderr
+        assert second.returncode == 1, second.stderr
+        assert "cannot use the GPU; update the NVIDIA driver" in second.stderr
     assert behaviour.requests[-1] == (f"/{wheel.name}", f"bytes={kept}-")
+    check = subprocess.run([binary, "--gpu-runtime", "check", str(runtime)], capture_output=True, text=True,
+                           env=env, timeout=600)
+    assert Path(json.loads(check.stdout.strip().splitlines()[-1])["torch"]).is_relative_to(runtime / "site" / "torch")
+    status = subprocess.run([binary, "--gpu-runtime", "status"], capture_output=True, text=True, env=env)
+    assert "GPU runtime: installed" in status.stdout and "cannot use the GPU" in status.stdout
     result = subprocess.run([binary, "--self-test"], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"from {runtime / 'site' / 'torch'}" in result.stdout
+    assert f"from {tar_install / '_internal' / 'torch'}" in result.stdout
     without_gpu = subprocess.run([binary, "--self-test"], capture_output=True, text=True, timeout=600,
                                  env={**env, "PATH": os.environ["PATH"]})  # the driver is gone: CPU torch again
     assert f"from {tar_install / '_internal' / 'torch'}" in without_gpu.stdout
