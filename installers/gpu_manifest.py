@@ -6,10 +6,12 @@ platform, keeps torch, bitsandbytes and the CUDA libraries (the pure-Python depe
 already in the app), and records each wheel's URL, SHA-256 (from the index) and size.
 The versions are the ones the app was built with, so the engine code sees the same torch API.
 
-Two runtimes when the pinned torch has both: the index's current CUDA build, and a CUDA 12.6 build
-for older drivers (≥ 525) and older GPUs (Maxwell to Volta). Each records the CUDA release it
-carries, the oldest driver that runs it and the GPU architectures it has kernels for, so the app
-picks the one the user's driver and GPU can run before downloading ~3 GB.
+Each runtime records the CUDA release it carries, the oldest driver that runs it and the GPU
+architectures it has kernels for, so the app picks one the user's driver and GPU can run before
+downloading ~3 GB, or says why none can. A release build adds a second runtime for older drivers
+(≥ 525) and GPUs (Maxwell to Volta) where the pinned torch has a CUDA 12.6 build:
+`--older-index-url https://download.pytorch.org/whl/cu126` (off by default: that index is not a
+package registry the CI machines reach).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from pathlib import Path
 from installers.gpu_runtime import Manifest, Wheel, write_manifests
 
 RUNTIME_PACKAGES = re.compile(r"^(torch|bitsandbytes|triton|nvidia-.*|cuda-.*)$")
-OLDER_INDEX = "https://download.pytorch.org/whl/cu126"
 
 # The oldest driver each CUDA major release runs on (CUDA minor-version compatibility, from its release
 # notes), Linux / Windows.
@@ -104,13 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     # --index-url https://download.pytorch.org/whl/cu128 --extra-index-url https://pypi.org/simple
     parser.add_argument("--index-url", default="https://pypi.org/simple")
     parser.add_argument("--extra-index-url", action="append", default=[])
-    parser.add_argument("--older-index-url", default=OLDER_INDEX,
-                        help="the index of the runtime for older drivers and GPUs ('none': offer only the first)")
+    parser.add_argument("--older-index-url",
+                        help="the index of a second runtime for older drivers and GPUs, e.g. torch's cu126 index")
     parser.add_argument("--python-version", default=f"{sys.version_info.major}.{sys.version_info.minor}")
     parser.add_argument("--platform", default="manylinux_2_28_x86_64", help="e.g. win_amd64 for Windows")
     args = parser.parse_args(argv)
     runtimes = [runtime([args.index_url, *args.extra_index_url], args.python_version, args.platform)]
-    if args.older_index_url != "none":
+    if args.older_index_url:
         try:
             older = runtime([args.older_index_url, "https://pypi.org/simple"], args.python_version, args.platform)
         except SystemExit as err:  # this torch has no such build: the first runtime is the only one
