@@ -26,7 +26,7 @@ import urllib.request
 from importlib.metadata import version
 from pathlib import Path
 
-from installers.gpu_runtime import Manifest, Wheel, write_manifests
+from installers.gpu_runtime import Manifest, Wheel, version_key, write_manifests
 
 RUNTIME_PACKAGES = re.compile(r"^(torch|bitsandbytes|triton|nvidia-.*|cuda-.*)$")
 
@@ -69,11 +69,15 @@ def cuda_release(items: list[dict]) -> str:
 
 
 def requirements_of(cuda: str, platform: str) -> tuple[str, tuple[str, ...]]:
-    """(oldest driver, GPU architectures) for a runtime of this CUDA release on this platform."""
-    if cuda not in ARCHS or cuda.split(".")[0] not in MIN_DRIVER:
+    """(oldest driver, GPU architectures) for a runtime of this CUDA release on this platform; a release
+    missing from ARCHS takes the nearest earlier one of its major version (the app checks the real list)."""
+    major = cuda.split(".")[0]
+    known = [release for release in ARCHS
+             if release.split(".")[0] == major and version_key(release) <= version_key(cuda)]
+    if not known or major not in MIN_DRIVER:
         raise SystemExit(f"CUDA {cuda}: add its oldest driver and torch's architectures to installers/gpu_manifest.py")
-    linux, windows = MIN_DRIVER[cuda.split(".")[0]]
-    return (windows if platform.startswith("win") else linux), ARCHS[cuda]
+    linux, windows = MIN_DRIVER[major]
+    return (windows if platform.startswith("win") else linux), ARCHS[max(known, key=version_key)]
 
 
 def runtime(indexes: list[str], python: str, platform: str) -> Manifest:

@@ -80,6 +80,9 @@ def test_the_build_records_each_runtime_s_cuda_driver_and_architectures() -> Non
     assert gpu_manifest.cuda_release([pip_item("torch", "2.13.0+cu126")]) == "12.6"
     assert gpu_manifest.requirements_of("12.6", "manylinux_2_28_x86_64") == ("525.60.13", gpu_manifest.ARCHS["12.6"])
     assert gpu_manifest.requirements_of("13.0", "win_amd64")[0] == "580.88"
+    assert gpu_manifest.requirements_of("13.2", "manylinux_2_28_x86_64")[1] == gpu_manifest.ARCHS["13.0"]
+    with pytest.raises(SystemExit, match="CUDA 11.8: add its oldest driver"):
+        gpu_manifest.requirements_of("11.8", "manylinux_2_28_x86_64")
 
 
 def installed_runtime(root: Path, torch_source: str) -> None:
