@@ -256,3 +256,38 @@ def test_out_of_memory_in_a_prefetch_leaves_the_conversation_as_it_was(lyra_fp32
     collect(fresh.respond(TurnRequest(text="My name is Ada.", max_new_tokens=4, speak=False)))
     expected, _ = collect(fresh.respond(request))
     assert retried.text == expected.text and retried.tokens == expected.tokens
+
+
+def test_a_decode_step_reads_the_device_once_and_makes_no_tensor_from_host_data(
+        lyra_fp32, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU each host read waits for the queued work and each tensor made from host data is a copy
+    up: per token the session reads once (token, finiteness and speech frames together) and makes nothing."""
+    import sys
+
+    counts = {"read": 0, "made": 0}
+    tolist, tensor = torch.Tensor.tolist, torch.tensor
+
+    def from_session() -> bool:
+        return sys._getframe(2).f_code.co_filename.endswith(("engine/session.py", "engine/speech_out.py"))
+
+    def counted_tolist(self: torch.Tensor) -> list:
+        counts["read"] += from_session()
+        return tolist(self)
+
+    def counted_tensor(*args: object, **kwargs: object) -> torch.Tensor:
+        counts["made"] += from_session()
+        return tensor(*args, **kwargs)
+
+    def turn(tokens: int) -> dict[str, int]:
+        session = Session(lyra_fp32)
+        session.end_ids = set()
+        counts.update(read=0, made=0)
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.Tensor, "tolist", counted_tolist)
+            patch.setattr(torch, "tensor", counted_tensor)
+            collect(session.respond(TurnRequest(speech=speech(1.0), max_new_tokens=tokens)))
+        return dict(counts)
+
+    short, long = turn(3), turn(11)
+    assert long["read"] - short["read"] == 8  # one read per extra token, speech frames included
+    assert long["made"] == short["made"]  # token ids and positions are made on the model's device
