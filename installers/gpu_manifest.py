@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -28,6 +29,8 @@ from pathlib import Path
 
 from installers.gpu_runtime import Manifest, Wheel, version_key, write_manifests
 
+LOCKS = Path(__file__).resolve().parents[1] / "requirements"
+PIP_SOURCES = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_CONSTRAINT")
 RUNTIME_PACKAGES = re.compile(r"^(torch|bitsandbytes|triton|nvidia-.*|cuda-.*)$")
 
 # The oldest driver each CUDA major release runs on (CUDA minor-version compatibility, from its release
@@ -43,14 +46,31 @@ ARCHS = {
 }
 
 
+def platform_tags(platform: str) -> list[str]:
+    """pip takes --platform literally: a manylinux_2_N machine also runs every older manylinux wheel
+    (bitsandbytes is tagged manylinux_2_24, cuSPARSELt manylinux2014), so name them all."""
+    match = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", platform)
+    if match is None:
+        return [platform]
+    newest, arch = int(match[1]), match[2]
+    legacy = [f"manylinux{alias}_{arch}" for alias in ("2014", "2010", "1")]  # = manylinux_2_17, _2_12, _2_5
+    return [f"manylinux_2_{glibc}_{arch}" for glibc in range(newest, 4, -1)] + legacy
+
+
 def resolve(requirements: list[str], indexes: list[str], python: str, platform: str) -> list[dict]:
-    """pip's installation report for the target platform (`pip install --dry-run --report`)."""
+    """pip's installation report for the target platform (`pip install --dry-run --report`), with the
+    versions requirements/ locks: the runtime is the build of what the tests ran."""
     with tempfile.TemporaryDirectory() as target:
         command = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
                    "--report", "-", "--only-binary=:all:", "--implementation", "cp", "--python-version", python,
-                   "--platform", platform, "--target", target, "--index-url", indexes[0],
-                   *(f"--extra-index-url={url}" for url in indexes[1:]), *requirements]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
+                   *(f"--platform={tag}" for tag in platform_tags(platform)), "--target", target,
+                   "--index-url", indexes[0], *(f"--extra-index-url={url}" for url in indexes[1:]),
+                   *(f"--constraint={LOCKS / name}" for name in ("cuda.txt", "common.txt")), *requirements]
+        # Only the indexes named here: a local wheel folder in pip's configuration (the CPU build of
+        # torch, on the build machines) must not stand in for the CUDA build.
+        environment = {name: value for name, value in os.environ.items() if name not in PIP_SOURCES}
+        result = subprocess.run(command, capture_output=True, text=True, check=False,
+                                env={**environment, "PIP_CONFIG_FILE": os.devnull})
     if result.returncode != 0:
         raise SystemExit(f"pip could not resolve {' '.join(requirements)}: {result.stderr.strip().splitlines()[-1]}")
     return json.loads(result.stdout)["install"]
