@@ -20,8 +20,6 @@ from app.chat import DEFAULT_MAX_NEW_TOKENS
 from app.engine_client import EngineClient
 from app.history import HistoryStore
 from app.settings import Preferences, load_preferences, open_settings
-from app.visual.context import Snapshot
-from app.visual.frames import png_from_qimage
 from app.voice_controller import VoiceController, VoiceSettings, WindowVoice
 from app.window import MainWindow, ModelChoice
 from app.window.theme import apply_theme, icon
@@ -55,12 +53,6 @@ def voice_loop(engine: EngineClient, prefs: Preferences, max_new_tokens: int) ->
     return WindowVoice(controller)
 
 
-def snapshot_png(snapshot: Snapshot | None) -> bytes | None:
-    if snapshot is None:
-        return None
-    return snapshot.png or png_from_qimage(snapshot.image)
-
-
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     app = QApplication.instance() or QApplication(sys.argv[:1])
@@ -81,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     voice = None if args.no_voice else voice_loop(engine, prefs, max_new_tokens)
     window = MainWindow(engine, store, settings, model=model, voice=voice, max_new_tokens=max_new_tokens)
     if voice is not None:  # the picture attached to a spoken turn: whatever the window's context shows
-        voice.controller.visual_context = lambda: snapshot_png(window.context.snapshot())
+        voice.controller.visual_context = window.context.picture
     if args.print_shown:
         window.winId()  # creates the native window, so its first expose can be watched
         marker = FirstExpose(started)

@@ -10,8 +10,10 @@ playback draining (polled):
 
 In push-to-talk the resting state is idle instead of listening: only the key starts a turn.
 The picture a turn carries is the one current when the user *started* speaking (that is what
-they were looking at when they asked), sent ahead as a prefetch so the engine encodes it while
-they talk. Every turn ends in exactly one `turnFinished` with its record, however it ends.
+they were looking at when they asked), encoded on a worker and sent ahead as a prefetch so the
+engine encodes it while they talk; a turn whose picture is still being encoded when the user stops
+waits for it (turns go out in the order they were spoken). Every turn sent ends in exactly one
+`turnFinished` with its record, however it ends.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from app.audio.endpointer import (
 )
 from app.audio.listener import Listener, Notice
 from app.audio.playback import Playback
+from app.visual.context import Picture
 
 if TYPE_CHECKING:
     from app.engine_client import EngineClient
@@ -100,6 +103,21 @@ class Heard:
 
 
 @dataclass
+class Outgoing:
+    """A turn waiting for its picture to be encoded."""
+
+    pcm: bytes | None
+    text: str | None
+    picture: Picture | None
+    speech_end: float | None
+    endpoint: float | None
+
+    @property
+    def ready(self) -> bool:
+        return self.picture is None or self.picture.ready
+
+
+@dataclass
 class Turn:
     """One request to the engine and its reply, as it happens."""
 
@@ -150,7 +168,7 @@ class VoiceController(QObject):
     engine: the EngineClient (or anything with its signals and respond/prefetch/cancel).
     playback: the speaker; opened by `start` unless already open, closed by `shutdown`.
     open_capture: makes a fresh, unopened microphone capture for each `start`.
-    visual_context: the image (PNG/JPEG bytes) the user is looking at now, or None.
+    visual_context: the picture the user is looking at now (encoding on a worker), or None.
     clock: monotonic seconds; give the playback the same clock so first_audio_played compares.
     """
 
@@ -163,7 +181,7 @@ class VoiceController(QObject):
     heard = Signal(object)  # internal: a Heard from the reader thread, delivered on the GUI thread
 
     def __init__(self, engine: EngineClient, playback: Playback, open_capture: Callable[[], Capture] = Capture,
-                 visual_context: Callable[[], bytes | None] = lambda: None, *, settings: VoiceSettings | None = None,
+                 visual_context: Callable[[], Picture | None] = lambda: None, *, settings: VoiceSettings | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  echo_canceller: Callable[[], EchoCanceller | None] = make_echo_canceller,
                  parent: QObject | None = None) -> None:
@@ -178,7 +196,8 @@ class VoiceController(QObject):
         self.state = IDLE
         self.listener: Listener | None = None
         self.turn: Turn | None = None  # the reply in flight, until it has finished playing
-        self.speech_image: bytes | None = None  # the picture frozen at the start of the user's speech
+        self.speech_image: Picture | None = None  # the picture frozen at the start of the user's speech
+        self.outbox: list[Outgoing] = []  # turns ended but not sent: a picture still being encoded
         self.ignoring = False  # speech over a reply with barge-in off: dropped when it ends
         self.continuing = False  # a turn was cut at the length cap; the next speech start carries it on
         self.drain = QTimer(self)
@@ -226,6 +245,7 @@ class VoiceController(QObject):
         if self.turn is not None:
             self.interrupt()
         self.speech_image, self.ignoring, self.continuing = None, False, False
+        self.outbox.clear()
         self.playback.close()
         self.levelChanged.emit(SILENT_DB)
         self.set_state(IDLE)
@@ -237,9 +257,9 @@ class VoiceController(QObject):
             self.interrupt()
             self.set_state(self.resting_state())
 
-    def send_text(self, text: str) -> str:
-        """A typed turn, with the picture current now; returns its turn id."""
-        return self.begin_turn(None, text, self.snapshot(), speech_end=None, endpoint=None)
+    def send_text(self, text: str) -> None:
+        """A typed turn, with the picture current now."""
+        self.begin_turn(None, text, self.snapshot(), speech_end=None, endpoint=None)
 
     def set_mode(self, mode: Mode) -> None:
         if mode not in MODES:
@@ -332,10 +352,15 @@ class VoiceController(QObject):
                 self.ignoring = True
                 return
             self.interrupt()
-        self.speech_image = self.snapshot()
-        if self.speech_image is not None:
-            self.engine.prefetch(self.speech_image)
+        picture = self.speech_image = self.snapshot()
+        if picture is not None:
+            picture.then(lambda png: self.prefetch(picture, png))
         self.set_state(USER_SPEAKING)
+
+    def prefetch(self, picture: Picture, png: bytes | None) -> None:
+        """Let the engine look at the picture while the user is still speaking (not after: the turn has it)."""
+        if png is not None and picture is self.speech_image:
+            self.engine.prefetch(png)
 
     def on_speech_ended(self, event: SpeechEnded, heard: Heard) -> None:
         if self.ignoring:
@@ -350,22 +375,38 @@ class VoiceController(QObject):
             self.ignoring = False
             return
         self.speech_image = None
-        if self.turn is None:
+        if self.turn is None and not self.outbox:
             self.set_state(self.resting_state())
 
     # ---- the turn ------------------------------------------------------------------------------
 
-    def begin_turn(self, pcm: bytes | None, text: str | None, image: bytes | None, *, speech_end: float | None,
-                   endpoint: float | None) -> str:
+    def begin_turn(self, pcm: bytes | None, text: str | None, picture: Picture | None, *, speech_end: float | None,
+                   endpoint: float | None) -> None:
+        """Send the turn once its picture is encoded, after any turn still waiting for its own."""
+        self.outbox.append(Outgoing(pcm, text, picture, speech_end, endpoint))
+        if picture is not None:
+            picture.then(lambda _: self.pump())
+        self.set_state(THINKING)
+        self.pump()
+
+    def pump(self) -> None:
+        while self.outbox and self.outbox[0].ready:
+            self.send(self.outbox.pop(0))
+
+    def send(self, outgoing: Outgoing) -> None:
         if self.turn is not None:
             self.interrupt()  # the engine runs one turn at a time; the newest input wins
-        turn_id = self.engine.respond(float32_pcm(pcm) if pcm else None, SAMPLE_RATE, image, text,
+        picture, pcm = outgoing.picture, outgoing.pcm
+        if picture is not None and picture.failure:
+            self.notice.emit(f"The picture could not be encoded ({picture.failure}); the turn was sent without it.")
+        image = picture.png if picture is not None else None
+        turn_id = self.engine.respond(float32_pcm(pcm) if pcm else None, SAMPLE_RATE, image, outgoing.text,
                                       self.settings.max_new_tokens)
-        self.turn = Turn(turn_id, pcm, text, image, speech_end, endpoint, request_sent=self.clock())
+        self.turn = Turn(turn_id, pcm, outgoing.text, image, outgoing.speech_end, outgoing.endpoint,
+                         request_sent=self.clock())
         self.set_state(THINKING)
         if pcm:
             self.turnSent.emit(turn_id, pcm, SAMPLE_RATE, image)
-        return turn_id
 
     def current(self, turn_id: str) -> Turn | None:
         """The turn in flight if the event is about it; events of cancelled turns still trickle in."""
@@ -411,7 +452,7 @@ class VoiceController(QObject):
         if self.turn is None or self.playback.playing:
             return
         self.finish(self.turn, interrupted=bool(self.turn.engine_report and self.turn.engine_report.get("cancelled")))
-        self.set_state(self.resting_state())
+        self.set_state(self.after_turn())
 
     @Slot(str, str)
     def on_engine_error(self, request_id: str, message: str) -> None:
@@ -429,7 +470,7 @@ class VoiceController(QObject):
         self.notice.emit(f"The reply failed: {message}")
         self.playback.stop()
         self.finish(self.turn, interrupted=True, error=message)
-        self.set_state(self.resting_state())
+        self.set_state(self.after_turn())
 
     def interrupt(self) -> None:
         """Barge-in, stop, or a newer turn: silence the reply now and cancel it in the engine."""
@@ -452,13 +493,17 @@ class VoiceController(QObject):
 
     # ---- helpers --------------------------------------------------------------------------------
 
-    def snapshot(self) -> bytes | None:
+    def snapshot(self) -> Picture | None:
         """The current picture; a failing camera or screen grab costs the picture, not the turn."""
         try:
             return self.visual_context()
         except Exception as error:  # the visual context is outside code (camera, screen) that may raise anything
             self.notice.emit(f"Could not take the picture for this turn: {error}")
             return None
+
+    def after_turn(self) -> str:
+        """The state once a reply is over: a turn waiting for its picture is already thinking."""
+        return THINKING if self.outbox else self.resting_state()
 
     def resting_state(self) -> str:
         return LISTENING if self.listener is not None and self.settings.mode == "hands_free" else IDLE

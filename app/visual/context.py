@@ -3,10 +3,14 @@
 `snapshot()` is the picture a turn carries: the window calls it when the user starts speaking
 (or presses send), so the turn is about what was on screen or in front of the camera *then*.
 A dropped or pasted image stays attached to every following turn until it is cleared.
+`picture()` is the same snapshot on its way to PNG bytes: the grab happens at once, on the GUI
+thread (Qt requires it, and it takes a few ms), the encoding on a worker (a 4K screen takes
+hundreds of ms, which would freeze the window just as the user starts talking).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from PySide6.QtCore import QObject, QRect, QTimer, Signal, Slot
@@ -14,7 +18,9 @@ from PySide6.QtGui import QImage
 
 from app.visual import screen as screens
 from app.visual.camera import Camera, describe, parse_source
+from app.visual.frames import png_from_qimage
 from app.visual.image_input import ImageInput, LoadedImage
+from app.workers import run_in_background
 
 MODES = ("none", "camera", "screen", "image")
 SCREEN_REFRESH_MS = 1000  # the screen preview; a turn always takes a fresh capture
@@ -25,6 +31,44 @@ class Snapshot:
     image: QImage
     label: str  # where it came from, for the turn's caption
     png: bytes | None = None  # already encoded (dropped images); frames are encoded on a worker
+
+    def encode(self) -> Picture:
+        """Start encoding on a worker (unless the bytes are here already); call on the GUI thread."""
+        if self.png is not None:
+            return Picture(self.png)
+        picture = Picture()
+        run_in_background(lambda: png_from_qimage(self.image), picture.arrive, picture.fail)
+        return picture
+
+
+class Picture:
+    """A turn's picture as PNG bytes that may still be being encoded.
+
+    `then(callback)` hands the bytes to `callback` on the GUI thread: at once when they are here,
+    else when the worker is done. A failed encoding hands over None, with `failure` saying why.
+    """
+
+    def __init__(self, png: bytes | None = None) -> None:
+        self.png = png
+        self.ready = png is not None
+        self.failure = ""
+        self.waiting: list[Callable[[bytes | None], None]] = []
+
+    def then(self, callback: Callable[[bytes | None], None]) -> None:
+        if self.ready:
+            callback(self.png)
+        else:
+            self.waiting.append(callback)
+
+    def arrive(self, png: bytes | None) -> None:
+        self.png, self.ready = png, True
+        waiting, self.waiting = self.waiting, []
+        for callback in waiting:
+            callback(png)
+
+    def fail(self, message: str) -> None:
+        self.failure = message
+        self.arrive(None)
 
 
 @dataclass(frozen=True)
@@ -107,6 +151,11 @@ class VisualContext(QObject):
         if self.mode == "image" and self.attached is not None:
             return Snapshot(self.attached.image, self.attached.name, self.attached.png)
         return None
+
+    def picture(self) -> Picture | None:
+        """The picture for a turn starting now, its encoding under way on a worker; or None."""
+        snapshot = self.snapshot()
+        return snapshot.encode() if snapshot is not None else None
 
     def capture_screen(self) -> QImage | None:
         target = self.screen_target

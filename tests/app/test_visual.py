@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -11,9 +12,11 @@ from PySide6.QtCore import QRect
 from PySide6.QtGui import QColor, QGuiApplication, QImage, QPixmap
 from PySide6.QtWidgets import QWidget
 
+from app.visual import context as visual_context
 from app.visual import screen as screens
 from app.visual.camera import PREVIEW_SIDE, Camera, parse_source
-from app.visual.context import ScreenTarget, VisualContext
+from app.visual.context import ScreenTarget, Snapshot, VisualContext
+from app.visual.frames import png_from_qimage
 from app.visual.image_input import ImageInput
 from tests.app.video import write_test_video
 
@@ -138,3 +141,32 @@ def test_screen_capture_under_x_shows_what_is_on_screen(qtbot) -> None:
     assert QColor(context.snapshot().image.pixel(5, 5)).getRgb()[:3] == (250, 20, 160)
     context.shutdown()
     assert isinstance(screens.list_windows(), list)  # through libX11; empty without a window manager
+
+
+def test_a_snapshot_is_encoded_on_a_worker_and_handed_over_on_the_gui_thread(qtbot, monkeypatch) -> None:
+    encoders: list[int] = []
+
+    def encode(image: QImage) -> bytes:
+        encoders.append(threading.get_ident())
+        return png_from_qimage(image)
+
+    monkeypatch.setattr(visual_context, "png_from_qimage", encode)
+    image = QImage(64, 48, QImage.Format.Format_RGB32)
+    image.fill(QColor(0, 200, 0))
+    picture = Snapshot(image, "screen").encode()
+    handed: list[tuple[bytes | None, int]] = []
+    picture.then(lambda png: handed.append((png, threading.get_ident())))
+    assert not picture.ready  # the result comes back through the event loop, never within encode()
+    qtbot.waitUntil(lambda: handed != [], timeout=5000)
+    [(png, receiver)] = handed
+    assert encoders[0] != threading.get_ident() and receiver == threading.get_ident()
+    assert QImage.fromData(png).pixelColor(10, 10) == QColor(0, 200, 0)
+    late: list[bytes | None] = []
+    picture.then(late.append)  # asked after it arrived: answered at once
+    assert late == [png]
+
+
+def test_a_dropped_images_bytes_are_not_encoded_again(qtbot, monkeypatch) -> None:
+    monkeypatch.setattr(visual_context, "png_from_qimage", lambda image: pytest.fail("encoded again"))
+    picture = Snapshot(QImage(8, 8, QImage.Format.Format_RGB32), "drop.png", b"the file's bytes").encode()
+    assert picture.ready and picture.png == b"the file's bytes"

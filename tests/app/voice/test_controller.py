@@ -21,6 +21,7 @@ from app.audio.capture import Capture  # noqa: E402
 from app.audio.echo import CANCELLED_DB, EchoCanceller  # noqa: E402
 from app.audio.endpointer import ECHO_GAIN_DB, PRESETS, Level, SpeechEnded, SpeechStarted  # noqa: E402
 from app.audio.playback import OutputBuffer, Playback  # noqa: E402
+from app.visual.context import Picture  # noqa: E402
 from app.voice_controller import Heard, LevelThrottle, VoiceController, VoiceSettings, WindowVoice  # noqa: E402
 from tests.app.audio.fake_sounddevice import FakeSoundDevice, device  # noqa: E402
 from tests.app.audio.test_endpointer import quiet, speech  # noqa: E402
@@ -92,7 +93,7 @@ class Rig:
         self.engine = FakeEngine()
         self.frame: bytes | None = b"frame 1"
         self.playback = Playback(self.sd, clock=self.clock, buffers=buffers)
-        self.controller = VoiceController(self.engine, self.playback, lambda: Capture(self.sd), lambda: self.frame,
+        self.controller = VoiceController(self.engine, self.playback, lambda: Capture(self.sd), self.picture,
                                           settings=VoiceSettings(**settings), clock=self.clock,
                                           echo_canceller=lambda: echo)
         self.states: list[str] = []
@@ -105,6 +106,15 @@ class Rig:
         self.controller.notice.connect(self.notices.append)
         self.controller.replyText.connect(lambda turn_id, text: self.texts.append((turn_id, text)))
         self.controller.levelChanged.connect(self.levels.append)
+
+    def picture(self) -> Picture | None:
+        """The camera's frame, encoded already (the tests of a picture still encoding make their own)."""
+        return Picture(self.frame) if self.frame is not None else None
+
+    def type_turn(self, text: str) -> str:
+        """A typed turn; returns its turn id."""
+        self.controller.send_text(text)
+        return f"t{len(self.engine.responds)}"
 
     def stream(self, kind: str):
         return next(s for s in self.sd.streams if s.kind == kind)
@@ -219,7 +229,7 @@ def test_no_picture_means_no_prefetch_and_a_failing_camera_costs_only_the_pictur
     assert rig.wait_requests(1).image is None
     rig.engine.turnDone.emit("t1", {})
 
-    def broken() -> bytes:
+    def broken() -> Picture:
         raise OSError("camera unplugged")
 
     rig.controller.visual_context = broken
@@ -227,6 +237,45 @@ def test_no_picture_means_no_prefetch_and_a_failing_camera_costs_only_the_pictur
     assert rig.wait_requests(2).image is None
     assert rig.engine.prefetches == []
     assert rig.notices == ["Could not take the picture for this turn: camera unplugged"]
+
+
+def test_a_picture_encoded_while_the_user_speaks_is_prefetched_then(rig: Rig) -> None:
+    picture = Picture()  # still being encoded on a worker
+    rig.controller.visual_context = lambda: picture
+    rig.say(np.concatenate([quiet(0.5), speech(0.8)]))
+    rig.wait_state("user speaking")
+    assert rig.engine.prefetches == []
+    picture.arrive(b"frame png")
+    assert rig.engine.prefetches == [b"frame png"]
+    rig.say(np.concatenate([speech(0.5), quiet(1.2)]))
+    assert rig.wait_requests(1).image == b"frame png"
+
+
+def test_a_turn_waits_for_its_picture_and_turns_go_out_in_the_order_they_came(rig: Rig) -> None:
+    pictures: list[Picture] = []
+    rig.controller.visual_context = lambda: pictures.append(Picture()) or pictures[-1]
+    rig.say(np.concatenate([quiet(0.5), speech(0.8), quiet(1.2)]))
+    rig.wait_state("thinking")
+    rig.heard_all()
+    assert rig.engine.responds == []  # the speech has ended, its picture is not encoded yet
+    rig.controller.send_text("and this?")  # typed meanwhile, with a picture encoded sooner
+    pictures[1].arrive(b"typed frame")
+    assert rig.engine.responds == []
+    pictures[0].arrive(b"spoken frame")
+    assert [(r.image, r.text) for r in rig.engine.responds] == [(b"spoken frame", None), (b"typed frame", "and this?")]
+    assert rig.engine.prefetches == []  # too late to be ahead of anything: the turn carries the picture
+    assert rig.engine.cancels == ["t1"] and rig.controller.state == "thinking"  # the newer turn wins
+
+
+def test_a_picture_that_cannot_be_encoded_costs_only_the_picture(rig: Rig) -> None:
+    picture = Picture()
+    rig.controller.visual_context = lambda: picture
+    rig.say(np.concatenate([quiet(0.5), speech(0.8), quiet(1.2)]))
+    rig.wait_state("thinking")
+    picture.fail("MemoryError: out of memory")
+    assert rig.wait_requests(1).image is None and rig.engine.prefetches == []
+    assert rig.notices == ["The picture could not be encoded (MemoryError: out of memory); the turn was sent "
+                           "without it."]
 
 
 def test_barge_in_stops_the_reply_cancels_it_and_the_new_speech_is_the_next_turn(rig: Rig) -> None:
@@ -327,7 +376,7 @@ def test_push_to_talk_turns_run_from_press_to_release_and_a_press_always_interru
 def test_a_typed_turn_takes_the_same_path_with_the_current_picture(rig: Rig) -> None:
     rig.frame = b"screen"
     rig.clock.now = 200.0
-    turn_id = rig.controller.send_text("what is this?")
+    turn_id = rig.type_turn("what is this?")
     assert rig.engine.responds == [Request(None, 16000, b"screen", "what is this?", 512)]
     assert rig.controller.state == "thinking"
     rig.clock.now += 0.4
@@ -341,15 +390,15 @@ def test_a_typed_turn_takes_the_same_path_with_the_current_picture(rig: Rig) -> 
 
 
 def test_typing_over_a_reply_cancels_it(rig: Rig) -> None:
-    first = rig.controller.send_text("tell me a story")
+    first = rig.type_turn("tell me a story")
     rig.reply_spoken(first)
-    rig.controller.send_text("never mind")
+    rig.type_turn("never mind")
     assert rig.engine.cancels == [first] and rig.finished[0]["interrupted"]
     assert rig.controller.state == "thinking"
 
 
 def test_reply_audio_at_another_rate_is_resampled_for_the_speaker(rig: Rig) -> None:
-    turn_id = rig.controller.send_text("hi")
+    turn_id = rig.type_turn("hi")
     for chunk in np.split(np.frombuffer(reply(1.0, rate=24000), "<f4"), 4):
         rig.engine.audioChunk.emit(turn_id, chunk.tobytes(), 24000)
     rig.engine.turnDone.emit(turn_id, {})
@@ -364,7 +413,7 @@ def test_the_stop_button_ends_the_reply_and_rests(make_rig) -> None:
     for mode, rest in (("hands_free", "listening"), ("push_to_talk", "idle")):
         rig = make_rig(mode=mode)
         assert rig.controller.start()
-        turn_id = rig.controller.send_text("hi")
+        turn_id = rig.type_turn("hi")
         rig.reply_spoken(turn_id)
         rig.controller.stop()
         assert rig.controller.state == rest
@@ -376,7 +425,7 @@ def test_the_stop_button_ends_the_reply_and_rests(make_rig) -> None:
 
 
 def test_an_engine_error_ends_the_turn_with_a_notice(rig: Rig) -> None:
-    turn_id = rig.controller.send_text("hi")
+    turn_id = rig.type_turn("hi")
     rig.engine.error.emit("p7", "could not decode the image")  # about another request: the turn goes on
     assert rig.controller.state == "thinking" and rig.notices == []
     rig.engine.textDelta.emit(turn_id, "Hel")
@@ -419,7 +468,7 @@ def test_no_microphone_leaves_typing_working(make_rig) -> None:
     assert not rig.controller.start()
     assert rig.notices == ["No microphone found. Typing still works."]
     rig.controller.press()  # no mic: nothing to press
-    turn_id = rig.controller.send_text("hi")
+    turn_id = rig.type_turn("hi")
     rig.engine.turnDone.emit(turn_id, {})
     rig.wait_state("idle")
     assert rig.states == ["thinking", "idle"]

@@ -21,6 +21,7 @@ import pytest  # noqa: E402
 from app.audio.capture import Capture  # noqa: E402
 from app.audio.endpointer import PRESETS  # noqa: E402
 from app.audio.playback import Playback  # noqa: E402
+from app.visual.context import Picture  # noqa: E402
 from app.voice_controller import VoiceController  # noqa: E402
 from tests.app.audio.test_real_devices import Recorder  # noqa: E402
 from tests.app.voice.test_controller import FakeEngine  # noqa: E402
@@ -44,7 +45,7 @@ class Loop:
     def __init__(self, qtbot) -> None:
         self.qtbot = qtbot
         self.engine = FakeEngine()
-        self.controller = VoiceController(self.engine, Playback(), Capture, lambda: b"the screen")
+        self.controller = VoiceController(self.engine, Playback(), Capture, lambda: Picture(b"the screen"))
         self.states: list[str] = []
         self.records: list[dict] = []
         self.controller.stateChanged.connect(self.states.append)
@@ -106,7 +107,8 @@ def test_a_spoken_question_is_one_turn_and_the_reply_is_heard_on_the_speaker(pul
 def test_speaking_over_the_reply_stops_it_and_becomes_the_next_turn(pulse, question, qtbot) -> None:
     path, _ = question
     loop = Loop(qtbot)
-    turn_id = loop.controller.send_text("describe the screen")
+    loop.controller.send_text("describe the screen")
+    turn_id = "t1"
     recorder = Recorder(pulse)
     try:
         qtbot.wait(300)
