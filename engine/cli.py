@@ -24,8 +24,10 @@ from engine.media import (
     MAX_IMAGE_SIDE,
     MIN_IMAGE_SIDE,
     SAMPLE_RATE,
+    check_token_budget,
     open_image,
     read_speech,
+    read_video,
 )
 from engine.quantize import PRECISIONS
 
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from engine.extraction import ExtractionSettings
-    from engine.media import Speech
+    from engine.media import Speech, Video
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -42,6 +44,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     ask.add_argument("--vocoder", type=Path, help="vocoder folder (default: MODEL/vocoder)")
     ask.add_argument("--audio", type=Path, help="spoken question (WAV, FLAC or OGG; any rate)")
     ask.add_argument("--image", type=Path, help="image to talk about (PNG, JPEG, WebP, BMP, GIF)")
+    ask.add_argument("--video", type=Path,
+                     help="video to talk about (any clip OpenCV reads: MP4, MKV, WebM, AVI, MOV …), sampled as "
+                          "Lyra's CLI samples one: 2 frames a second, at most 16")
+    ask.add_argument("--video-tokens", type=int, metavar="N",
+                     help="vision token budget of the video: fewer frames and a smaller size so its tokens stay "
+                          "within N (default: Lyra's, at most 768 per frame pair, 6144 in all)")
     ask.add_argument("--text", help="typed question or text after the spoken one")
     ask.add_argument("--out", type=Path, help="write the spoken reply here (WAV)")
     ask.add_argument("--quant", choices=PRECISIONS, help="precision (default: nf4 on CUDA, fp32 on CPU)")
@@ -89,8 +97,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def check_ask_arguments(args: argparse.Namespace) -> None:
-    if args.audio is None and args.image is None and not args.text:
-        raise OmnivoxError("nothing to ask: pass --audio, --image with --text, or --text.")
+    if args.audio is None and args.image is None and args.video is None and not args.text:
+        raise OmnivoxError("nothing to ask: pass --audio, --image or --video with --text, or --text.")
+    if args.image is not None and args.video is not None:
+        raise OmnivoxError("pass --image or --video, not both.")
+    if args.video is not None and args.audio is None and not args.text:
+        raise OmnivoxError("--video needs a question: add --audio or --text.")
+    check_token_budget(args.video_tokens)
     if args.text is not None:
         try:
             args.text.encode("utf-8")
@@ -150,16 +163,17 @@ def run_ask(args: argparse.Namespace) -> int:
     target = reply_target(args.out) if args.out is not None else None
     speech = read_speech(args.audio, args.max_audio_seconds) if args.audio else None
     image = open_image(args.image) if args.image else None
+    video = read_video(args.video, args.video_tokens) if args.video else None
     settings = extraction_settings(args.extract_blocks, args.keep_rate)
     reply = ReplyFile(target) if target is not None else None  # proves the folder writable, before the model
     try:
-        return answer(args, speech, image, settings, reply)
+        return answer(args, speech, image, video, settings, reply)
     finally:
         if reply is not None:
             reply.discard()
 
 
-def answer(args: argparse.Namespace, speech: Speech | None, image: Image.Image | None,
+def answer(args: argparse.Namespace, speech: Speech | None, image: Image.Image | None, video: Video | None,
            settings: ExtractionSettings | None, reply: ReplyFile | None) -> int:
     """Load the model, run the turn, stream its text, write its audio and (with --json) the summary."""
     from engine.events import AudioChunk, TextDelta, TurnDone
@@ -173,7 +187,7 @@ def answer(args: argparse.Namespace, speech: Speech | None, image: Image.Image |
     load_ms = round((time.perf_counter() - started) * 1000, 1)
     session = Session(lyra, max_image_side=args.max_image_side, extraction=settings)
     request = TurnRequest(speech=speech, image=image, text=args.text, max_new_tokens=args.max_new_tokens,
-                          speak=args.out is not None or args.json)
+                          speak=args.out is not None or args.json, video=video)
     stream = sys.stderr if args.json else sys.stdout
     chunks: list[np.ndarray] = []
     done: TurnDone | None = None

@@ -10,6 +10,7 @@ budget piece by piece, stopping as soon as it is over.
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
 from functools import cache
@@ -223,3 +224,238 @@ def prepare_image(image: Image.Image, max_side: int = DEFAULT_MAX_IMAGE_SIDE) ->
     size = {"shortest_edge": 56 * 56, "longest_edge": max_side * max_side}
     out = image_processor()(images=[image], size=size, return_tensors="pt")
     return PreparedImage(out["pixel_values"], out["image_grid_thw"], image.size)
+
+
+# ---- video --------------------------------------------------------------------------------------------
+# A clip is sampled as Lyra's CLI samples `--video-file` (lyra/serve/cli.py through qwen-vl-utils 0.0.8's
+# fetch_video): 2 frames per second, at least 4 and at most 16, an even count spread evenly over the clip by
+# index; every frame resized (bicubic, antialiased, as torchvision does) to one size whose frame pair costs at
+# most 768 vision tokens. Qwen2-VL's ViT then sees the frames two at a time (its temporal patch).
+VIDEO_FPS = 2.0
+VIDEO_MIN_FRAMES = 4
+VIDEO_MAX_FRAMES = 16
+TEMPORAL_PATCH = 2
+PATCH_FACTOR = 28  # a vision token is a 2×2 merge of 14 px patches
+VIDEO_FRAME_MAX_PIXELS = 768 * PATCH_FACTOR**2  # qwen-vl-utils' VIDEO_MAX_PIXELS
+VIDEO_FRAME_MIN_PIXELS = 4 * PATCH_FACTOR**2  # the CLI's min_pixels
+LYRA_VIDEO_TOKENS = 2048 * 32  # the CLI's total_pixels / 28²; under the per-frame cap it never binds
+MIN_GROUP_TOKENS = 64  # a token budget spreads over at most budget // 64 frame pairs (224 × 224 px each)
+MAX_VIDEO_TOKENS = 16384  # the model's whole prompt
+MAX_CLIP_FRAMES = 36_000  # frames a clip may hold: 10 min at 60 fps, 20 min at 30 fps (each is decoded to skip it)
+MAX_ASPECT = 200  # Qwen2-VL's limit on a frame's long side over its short side
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)  # OpenAI CLIP, as Qwen2-VL uses
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Video:
+    """A clip as the model sees it: the sampled frames, all of one size, and when each was taken."""
+
+    frames: np.ndarray  # (T, H, W, 3) uint8 RGB; H and W multiples of 28
+    timestamps: tuple[float, ...]  # seconds since the clip's first frame
+
+    @property
+    def tokens(self) -> int:
+        """Vision tokens: one per 2×2 patch of each frame pair (an odd last frame is paired with itself)."""
+        count, height, width, _ = self.frames.shape
+        return -(-count // TEMPORAL_PATCH) * (height // PATCH_FACTOR) * (width // PATCH_FACTOR)
+
+
+@dataclass(frozen=True)
+class PreparedVideo:
+    pixel_values: torch.Tensor  # (patches, 3 · 2 · 14 · 14), laid out as Qwen2-VL's video processor does
+    grid_thw: torch.Tensor  # (1, 3): frame pairs, patch rows, patch columns before the 2×2 merge
+
+
+def check_token_budget(budget: int | None) -> None:
+    if budget is not None and not MIN_GROUP_TOKENS <= budget <= MAX_VIDEO_TOKENS:
+        raise OmnivoxError(f"the video token budget must be {MIN_GROUP_TOKENS}…{MAX_VIDEO_TOKENS}, got {budget}.")
+
+
+def clip_indices(count: int, fps: float, budget: int | None = None) -> list[int]:
+    """Which of a clip's `count` frames (at `fps`) to keep: qwen-vl-utils' smart_nframes as the CLI calls it.
+
+    A budget lowers the cap on frames so that each frame pair keeps at least 64 tokens. A clip with fewer
+    frames than the rule asks for keeps all of them (Lyra's code raises there; an odd count gets its last
+    frame repeated, as Qwen2-VL's processor does).
+    """
+    most = VIDEO_MAX_FRAMES if budget is None else min(VIDEO_MAX_FRAMES, TEMPORAL_PATCH * (budget // MIN_GROUP_TOKENS))
+    wanted = min(max(count / fps * VIDEO_FPS, VIDEO_MIN_FRAMES), most)
+    kept = min(round(wanted / TEMPORAL_PATCH) * TEMPORAL_PATCH, count)
+    return torch.linspace(0, count - 1, kept).round().long().tolist()  # torch's rounding, as Lyra's
+
+
+def frame_size(height: int, width: int, frames: int, budget: int | None = None) -> tuple[int, int]:
+    """(height, width) every frame is resized to: qwen-vl-utils' smart_resize with the CLI's pixel limits.
+
+    Each frame may have the pixels of the budget shared by the clip's frames (the CLI's total_pixels), at
+    most 768 tokens' worth per frame pair, at least 4.2; sides are multiples of 28, the aspect kept.
+    """
+    if max(height, width) > MAX_ASPECT * min(height, width):
+        raise OmnivoxError(f"the video's frames are {width}×{height}; a side may be at most {MAX_ASPECT} times "
+                           "the other — crop it first.")
+    total = (LYRA_VIDEO_TOKENS if budget is None else budget) * PATCH_FACTOR**2
+    pairs = -(-frames // TEMPORAL_PATCH)
+    max_pixels = max(min(VIDEO_FRAME_MAX_PIXELS, total / (pairs * TEMPORAL_PATCH) * TEMPORAL_PATCH),
+                     int(VIDEO_FRAME_MIN_PIXELS * 1.05))
+    factor = PATCH_FACTOR
+    new_height, new_width = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
+    if new_height * new_width > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        new_height = max(factor, math.floor(height / beta / factor) * factor)
+        new_width = max(factor, math.floor(width / beta / factor) * factor)
+    elif new_height * new_width < VIDEO_FRAME_MIN_PIXELS:
+        beta = math.sqrt(VIDEO_FRAME_MIN_PIXELS / (height * width))
+        new_height = math.ceil(height * beta / factor) * factor
+        new_width = math.ceil(width * beta / factor) * factor
+    return new_height, new_width
+
+
+def fit_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An (H, W, 3) uint8 frame at `size`: torchvision's bicubic antialiased tensor resize, rounded back to uint8."""
+    if frame.shape[:2] == size:
+        return frame
+    pixels = torch.tensor(frame).permute(2, 0, 1)[None].float()
+    resized = torch.nn.functional.interpolate(pixels, size=size, mode="bicubic", align_corners=False, antialias=True)
+    return resized.clamp(0, 255).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+
+
+class ClipBuilder:
+    """Collects a clip's kept frames, each resized as it arrives (memory follows the model's frame size).
+
+    The first frame sets the size of all; a later frame of another size (a resized window, a rotated camera)
+    is resized to it too, its aspect changed rather than the turn failed.
+    """
+
+    def __init__(self, kept: int, budget: int | None) -> None:
+        self.kept, self.budget = kept, budget
+        self.frames: list[np.ndarray] = []
+        self.timestamps: list[float] = []
+        self.size: tuple[int, int] | None = None
+
+    def add(self, frame: np.ndarray, timestamp: float) -> None:
+        height, width = frame.shape[:2]
+        if height * width > MAX_DECODED_PIXELS:
+            raise OmnivoxError(f"the video's frames are {width}×{height}; at most "
+                               f"{MAX_DECODED_PIXELS // 1_000_000} megapixels are decoded — shrink it first.")
+        if self.size is None:
+            self.size = frame_size(height, width, self.kept, self.budget)
+        self.frames.append(fit_frame(frame, self.size))
+        self.timestamps.append(timestamp)
+
+    def video(self) -> Video:
+        return Video(np.stack(self.frames), tuple(self.timestamps))
+
+
+def video_from_frames(encoded: list[bytes], timestamps: list[float], budget: int | None = None) -> Video:
+    """Encoded frames (PNG, JPEG, …) taken at `timestamps` seconds → the clip the model sees.
+
+    The frame rate is the frames' count over their span; only the kept frames are decoded.
+    """
+    check_token_budget(budget)
+    timestamps = [float(t) for t in timestamps]
+    if not encoded:
+        raise OmnivoxError("the video holds no frames.")
+    if len(timestamps) != len(encoded):
+        raise OmnivoxError(f"the video has {len(encoded)} frames but {len(timestamps)} timestamps.")
+    if not all(math.isfinite(t) for t in timestamps) or any(map(float.__lt__, timestamps[1:], timestamps[:-1])):
+        raise OmnivoxError("the video's timestamps must be finite seconds in order.")
+    span = timestamps[-1] - timestamps[0]
+    fps = (len(encoded) - 1) / span if span > 0 else VIDEO_FPS
+    indices = clip_indices(len(encoded), fps, budget)
+    clip = ClipBuilder(len(indices), budget)
+    for index in indices:
+        clip.add(np.asarray(open_image(encoded[index])), timestamps[index] - timestamps[0])
+    return clip.video()
+
+
+def read_video(path: Path, budget: int | None = None) -> Video:
+    """A video file (any format OpenCV's FFmpeg reads) sampled as Lyra's CLI samples it."""
+    check_token_budget(budget)
+    if not path.is_file():
+        raise OmnivoxError(f"{path}: no such video file.")
+    if path.stat().st_size == 0:
+        raise OmnivoxError(f"{path}: the video file is empty (0 bytes).")
+    count, fps = video_header(path)
+    video, frames = decode_clip(path, count, fps, budget)
+    if video is None and frames > 0:  # the header promised more frames than the stream holds: sample those
+        video, frames = decode_clip(path, frames, fps, budget)
+    if video is None:
+        raise OmnivoxError(f"{path}: the video holds no readable frames.")
+    return video
+
+
+def open_capture(path: Path):  # noqa: ANN201 - a cv2.VideoCapture
+    import cv2
+
+    # FFmpeg's complaints about a bad file would go to stderr; the one error line says it
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    if not capture.isOpened():
+        capture.release()
+        raise OmnivoxError(f"{path}: not a readable video (MP4, MKV, WebM, AVI, MOV … expected).")
+    return capture
+
+
+def video_header(path: Path) -> tuple[int, float]:
+    """The frame count and rate the container declares, checked before a frame is decoded."""
+    import cv2
+
+    capture = open_capture(path)
+    try:
+        count, fps = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), capture.get(cv2.CAP_PROP_FPS)
+        width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    finally:
+        capture.release()
+    if count <= 0 or width <= 0 or height <= 0:
+        raise OmnivoxError(f"{path}: the video holds no frames.")
+    if not (math.isfinite(fps) and fps > 0):
+        raise OmnivoxError(f"{path}: the video declares no frame rate ({fps}); re-encode it.")
+    if count > MAX_CLIP_FRAMES:
+        raise OmnivoxError(f"{path}: the video holds {count:,} frames ({count / fps / 60:.1f} min); at most "
+                           f"{MAX_CLIP_FRAMES:,} are read — cut the part to ask about.")
+    if width * height > MAX_DECODED_PIXELS:
+        raise OmnivoxError(f"{path}: the video's frames are {width}×{height}; at most "
+                           f"{MAX_DECODED_PIXELS // 1_000_000} megapixels are decoded — shrink it first.")
+    return count, fps
+
+
+def decode_clip(path: Path, count: int, fps: float, budget: int | None) -> tuple[Video | None, int]:
+    """The kept frames of a clip of `count` frames; None and the frames it really holds when the stream ends early."""
+    import cv2
+
+    indices = clip_indices(count, fps, budget)
+    clip, wanted = ClipBuilder(len(indices), budget), iter(indices)
+    target = next(wanted)
+    capture = open_capture(path)
+    try:
+        for index in range(count):
+            if not capture.grab():  # grab decodes; retrieve converts only the frames kept
+                return None, index
+            if index == target:
+                ok, frame = capture.retrieve()
+                if not ok:
+                    return None, index
+                clip.add(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), index / fps)
+                target = next(wanted, None)
+                if target is None:  # the last kept frame is the clip's last: the header's count was right
+                    break
+    finally:
+        capture.release()
+    return clip.video(), count
+
+
+def prepare_video(video: Video) -> PreparedVideo:
+    """Frames → Qwen2-VL's video patches: rescaled and normalised like its processor, an odd last frame
+    repeated, then laid out as (frame pair, merged row, merged column, 2×2 merge) × (channel, frame, 14, 14)."""
+    frames = video.frames
+    if len(frames) % TEMPORAL_PATCH:
+        frames = np.concatenate([frames, frames[-1:].repeat(TEMPORAL_PATCH - len(frames) % TEMPORAL_PATCH, axis=0)])
+    pixels = (frames.astype(np.float64) * (1 / 255)).astype(np.float32)
+    pixels = ((pixels - CLIP_MEAN) / CLIP_STD).transpose(0, 3, 1, 2)  # (T, C, H, W)
+    count, channels, height, width = pixels.shape
+    t, h, w, merge, patch = count // TEMPORAL_PATCH, height // 14, width // 14, 2, 14
+    patches = pixels.reshape(t, TEMPORAL_PATCH, channels, h // merge, merge, patch, w // merge, merge, patch)
+    patches = patches.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    flat = patches.reshape(t * h * w, channels * TEMPORAL_PATCH * patch * patch)
+    return PreparedVideo(torch.from_numpy(np.ascontiguousarray(flat)), torch.tensor([[t, h, w]]))

@@ -1,8 +1,9 @@
 """ChatML prompts with media placeholders, and their 3-row M-RoPE positions.
 
-A user turn is `<|vision_start|><image><|vision_end|>` for an image, `<speech>` for spoken audio,
-then any typed text, exactly as Lyra was trained and evaluated (see `user_content`). `<image>` and
-`<speech>` are not tokens: they mark where the vision and speech embeddings are spliced in.
+A user turn is `<|vision_start|><image><|vision_end|>` for an image or a video, `<speech>` for spoken
+audio, then any typed text, exactly as Lyra was trained and evaluated (see `user_content`). `<image>` and
+`<speech>` are not tokens: they mark where the vision and speech embeddings are spliced in. Lyra marks a
+video with `<image>` too (its training data and CLI); only the grid's first row, the frame pairs, differs.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ END_TOKENS = ("<|im_end|>", "<|endoftext|>")
 class Piece:
     """A run of prompt positions: text token ids, or a media block of `length` embeddings."""
 
-    kind: str  # "text", "image" or "speech"
+    kind: str  # "text", "image", "video" or "speech"
     length: int
     token_ids: tuple[int, ...] = ()
-    grid: tuple[int, int, int] | None = None  # image: (t, h, w) after the 2×2 merge
+    grid: tuple[int, int, int] | None = None  # image or video: (frame pairs, h, w) after the 2×2 merge
 
     @property
     def is_media(self) -> bool:
@@ -58,14 +59,17 @@ def split_prompt(
     text: str,
     image_grid: tuple[int, int, int] | None = None,
     speech_tokens: int = 0,
+    video_grid: tuple[int, int, int] | None = None,
 ) -> list[Piece]:
-    """Tokenize `text` around its placeholders; each placeholder becomes a media piece."""
+    """Tokenize `text` around its placeholders; each placeholder becomes a media piece (`<image>` a video
+    piece when a video grid is given)."""
     pieces = []
+    kind, grid = ("video", video_grid) if video_grid is not None else ("image", image_grid)
     for part in PLACEHOLDER.split(text):
         if part == IMAGE:
-            if image_grid is None:
-                raise ValueError("prompt has <image> but no image was given")
-            pieces.append(Piece("image", image_grid[0] * image_grid[1] * image_grid[2], grid=image_grid))
+            if grid is None:
+                raise ValueError("prompt has <image> but no image or video was given")
+            pieces.append(Piece(kind, grid[0] * grid[1] * grid[2], grid=grid))
         elif part == SPEECH:
             pieces.append(Piece("speech", speech_tokens))
         elif part:
@@ -77,13 +81,14 @@ def split_prompt(
 def mrope_positions(pieces: list[Piece], start: int) -> tuple[torch.Tensor, int]:
     """(3, T) positions for the pieces starting at `start`, and the next free position.
 
-    Text and speech advance all three rows together. An image's tokens take (t, h, w) grid
-    indices offset by the running position; the text after it resumes at that block's max + 1.
+    Text and speech advance all three rows together. An image's or video's tokens take (t, h, w) grid
+    indices offset by the running position (a video's first row counts frame pairs, one per pair, as
+    Qwen2-VL's and Lyra's rope index do); the text after it resumes at that block's max + 1.
     """
     rows, position = [], start
     for piece in pieces:
-        if piece.kind == "image":
-            t, h, w = piece.grid  # type: ignore[misc]
+        if piece.grid is not None:
+            t, h, w = piece.grid
             grid = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij"))
             rows.append(grid.reshape(3, -1) + position)
             position += max(t, h, w)

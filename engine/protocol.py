@@ -18,7 +18,8 @@ the environment variable OMNIVOX_ENGINE_TOKEN. The engine answers `ready` only t
 Requests (app → engine; `id` names the request, or the turn for respond and cancel):
   hello {token} (the first frame, and only there)
   load_model {model, precision, device, vocoder}   prefetch + image bytes   ping   reset   shutdown
-  respond {parts, sample_rate, max_new_tokens, speak} + speech PCM, image, UTF-8 text (RespondRequest)
+  respond {parts, sample_rate, max_new_tokens, speak, video_frames, video_tokens} + speech PCM, image, UTF-8 text,
+    video frames (RespondRequest; a video is encoded frames back to back, video_frames = [[seconds, bytes], …])
   transcribe {sample_rate, max_new_tokens} + speech PCM (TranscribeRequest)
   cancel (id = the turn or transcription to stop)
 Events (engine → app; `id` is the request or turn they answer, "" for none):
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,7 +61,8 @@ EVENTS = frozenset({"ready", "progress", "text_delta", "audio_chunk", "turn_done
 PEER = {"app": "engine", "engine": "app"}  # who reads what the other sends
 
 # A respond payload is its parts back to back in this order; the header gives their sizes.
-RESPOND_PARTS = ("speech", "image", "text")
+RESPOND_PARTS = ("speech", "image", "text", "video")
+MAX_VIDEO_FRAMES = 64  # 32 s at the 2 frames a second the model samples; the engine keeps at most 16
 
 Frame = tuple[dict, bytes]
 
@@ -324,13 +327,20 @@ class RespondRequest:
     text: str | None = None
     max_new_tokens: int = 256
     speak: bool = True
+    video: tuple[bytes, ...] | None = None  # encoded PNG/JPEG frames, oldest first
+    video_times: tuple[float, ...] = ()  # seconds at which each frame was taken
+    video_tokens: int | None = None  # the video's vision token budget (None: Lyra's sampling)
 
     def encode(self) -> bytes:
         parts = {"speech": self.speech, "image": self.image,
-                 "text": self.text.encode("utf-8") if self.text is not None else None}
+                 "text": self.text.encode("utf-8") if self.text is not None else None,
+                 "video": b"".join(self.video) if self.video is not None else None}
         present = {name: part for name, part in parts.items() if part is not None}
         header = {"type": "respond", "id": self.turn_id, "parts": {name: len(p) for name, p in present.items()},
                   "sample_rate": self.sample_rate, "max_new_tokens": self.max_new_tokens, "speak": self.speak}
+        if self.video is not None:
+            header["video_frames"] = [[t, len(f)] for t, f in zip(self.video_times, self.video, strict=True)]
+            header["video_tokens"] = self.video_tokens
         return encode_frame(header, b"".join(present.values()))
 
     @classmethod
@@ -358,7 +368,8 @@ class RespondRequest:
             text = parts["text"].decode("utf-8") if "text" in parts else None
         except UnicodeDecodeError:
             raise invalid("text is not valid UTF-8") from None
-        return cls(turn_id, parts.get("speech"), rate, parts.get("image"), text, tokens, speak)
+        video, times, budget = video_fields(header, parts.get("video"), invalid)
+        return cls(turn_id, parts.get("speech"), rate, parts.get("image"), text, tokens, speak, video, times, budget)
 
 
 @dataclass(frozen=True)
@@ -387,6 +398,34 @@ class TranscribeRequest:
         check_pcm(payload, invalid)
         rate, tokens = speech_fields(header, invalid)
         return cls(request_id, payload, rate, tokens)
+
+
+def video_fields(header: dict, data: bytes | None, invalid: Callable[[str], ProtocolError],
+                 ) -> tuple[tuple[bytes, ...] | None, tuple[float, ...], int | None]:
+    """The video part cut into its frames by `video_frames` ([[seconds, bytes], …], in time order), and its budget."""
+    frames, budget = header.get("video_frames"), header.get("video_tokens")
+    if data is None:
+        if frames is not None:
+            raise invalid("video_frames given without a video part")
+        return None, (), None
+    if not (isinstance(frames, list) and 1 <= len(frames) <= MAX_VIDEO_FRAMES and all(
+            isinstance(f, list) and len(f) == 2 and is_seconds(f[0]) and is_count(f[1]) and f[1] > 0 for f in frames)):
+        raise invalid(f"video_frames must list 1 to {MAX_VIDEO_FRAMES} [seconds, bytes] pairs")
+    times = tuple(float(f[0]) for f in frames)
+    if any(map(float.__lt__, times[1:], times[:-1])):
+        raise invalid("video_frames must be in time order")
+    if sum(f[1] for f in frames) != len(data):
+        raise invalid(f"video_frames add up to {sum(f[1] for f in frames)} bytes but the video part has {len(data)}")
+    if budget is not None and not is_count(budget):
+        raise invalid(f"video_tokens must be a non-negative integer, got {short(budget)}")
+    cuts = [0]
+    for _, size in frames:
+        cuts.append(cuts[-1] + size)
+    return tuple(data[a:b] for a, b in zip(cuts, cuts[1:], strict=False)), times, budget
+
+
+def is_seconds(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 def check_pcm(pcm: bytes, invalid: Callable[[str], ProtocolError]) -> None:

@@ -305,12 +305,15 @@ def speech_of(pcm: bytes, rate: int) -> Speech:
 
 
 def turn_request(request: RespondRequest, images: LastImage) -> TurnRequest:
+    from engine.media import video_from_frames
     from engine.session import TurnRequest
 
     speech = speech_of(request.speech, request.sample_rate) if request.speech is not None else None
     image = images.decode(request.image) if request.image is not None else None
+    video = (video_from_frames(list(request.video), list(request.video_times), request.video_tokens)
+             if request.video is not None else None)
     return TurnRequest(speech=speech, image=image, text=request.text, max_new_tokens=request.max_new_tokens,
-                       speak=request.speak)
+                       speak=request.speak, video=video)
 
 
 def serve(sock: socket.socket) -> None:

@@ -25,7 +25,15 @@ from engine.errors import OmnivoxError
 from engine.events import AudioChunk, Event, TextDelta, TurnDone
 from engine.extraction import ExtractionSettings
 from engine.loading import LoadedLyra, select_adapter
-from engine.media import DEFAULT_MAX_IMAGE_SIDE, Speech, check_text_budget, prepare_image, speech_features
+from engine.media import (
+    DEFAULT_MAX_IMAGE_SIDE,
+    Speech,
+    Video,
+    check_text_budget,
+    prepare_image,
+    prepare_video,
+    speech_features,
+)
 from engine.model.kv_cache import GrowingCache
 from engine.prompt import IMAGE, Piece, chat_text, end_token_ids, mrope_positions, split_prompt, user_content
 from engine.speech_out import SpeechOutput
@@ -45,12 +53,16 @@ class TurnRequest:
     text: str | None = None
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     speak: bool = True
+    video: Video | None = None  # sampled and sized already (engine.media.read_video, video_from_frames)
 
     def validate(self) -> None:
-        if self.speech is None and self.image is None and not (self.text and self.text.strip()):
-            raise OmnivoxError("nothing to answer: give speech, an image or text.")
-        if self.image is not None and self.speech is None and not (self.text and self.text.strip()):
-            raise OmnivoxError("an image needs a question: add speech or text.")
+        if self.speech is None and self.image is None and self.video is None and not (self.text and self.text.strip()):
+            raise OmnivoxError("nothing to answer: give speech, an image, a video or text.")
+        if self.image is not None and self.video is not None:
+            raise OmnivoxError("a turn shows an image or a video, not both.")
+        visual = "an image" if self.image is not None else "a video" if self.video is not None else None
+        if visual and self.speech is None and not (self.text and self.text.strip()):
+            raise OmnivoxError(f"{visual} needs a question: add speech or text.")
         if self.max_new_tokens < 1:
             raise OmnivoxError(f"max new tokens must be at least 1, got {self.max_new_tokens}.")
 
@@ -180,6 +192,13 @@ class Session:
         t, h, w = (int(v) for v in prepared.grid_thw[0])
         return embeds, (t, h // 2, w // 2)
 
+    def encode_video(self, video: Video) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """One ViT pass over the clip: Qwen2-VL's ViT takes frame pairs through the image path's weights."""
+        prepared = prepare_video(video)
+        embeds = self.lyra.model.encode_image(prepared.pixel_values, prepared.grid_thw)
+        t, h, w = (int(v) for v in prepared.grid_thw[0])
+        return embeds, (t, h // 2, w // 2)
+
     def turn_prompt(self, content: str) -> str:
         return (TURN_END if self.turns else "") + chat_text(content, first_turn=self.turns == 0)
 
@@ -238,15 +257,20 @@ class Session:
             image_grid = next(piece.grid for piece in prefetched.pieces if piece.kind == "image")
         elif request.image is not None:
             media["image"], image_grid = self.encode_image(request.image)
+        video_grid = None
+        if request.video is not None:
+            media["video"], video_grid = self.encode_video(request.video)
         if request.speech is not None:
             features = speech_features(request.speech, model.speech_tower.config.num_mel_bins)
             media["speech"] = model.encode_speech(features, adapter)  # type: ignore[arg-type]
         mark("encode")
 
-        content = user_content(request.image is not None, request.speech is not None, request.text)
+        visual = request.image is not None or request.video is not None
+        content = user_content(visual, request.speech is not None, request.text)
         speech_tokens = media["speech"].shape[0] if "speech" in media else 0
-        pieces = split_prompt(self.lyra.tokenizer, self.turn_prompt(content), image_grid, speech_tokens)
+        pieces = split_prompt(self.lyra.tokenizer, self.turn_prompt(content), image_grid, speech_tokens, video_grid)
         image_tokens = sum(piece.length for piece in pieces if piece.kind == "image")
+        video_tokens = sum(piece.length for piece in pieces if piece.kind == "video")
         prompt_tokens = sum(piece.length for piece in pieces)
         self.check_length(prompt_tokens + request.max_new_tokens)
         prefix = self.take_prefetch(request.image, pieces)
@@ -323,6 +347,7 @@ class Session:
                 "prompt": prompt_tokens,
                 "speech": speech_tokens,
                 "image": image_tokens,
+                "video": video_tokens,
                 "prefetched": prefix is not None,
                 "generated": len(generated),
                 "units": speech_out.unit_count if speech_out else 0,

@@ -49,13 +49,8 @@ def test_split_prompt_makes_media_pieces_of_the_right_length(lyra_fp32) -> None:
     assert pieces[0].token_ids[-1] == vision_start
 
 
-def test_mrope_positions_match_transformers_qwen2vl_for_image_then_speech() -> None:
-    """Our positions for [text, image, text, speech, text] equal Qwen2VLModel.get_rope_index."""
-    merged_grid = (1, 3, 5)  # 6 × 10 patches before the 2×2 merge
-    pieces = [Piece("text", 7, tuple(range(7))), Piece("image", 15, grid=merged_grid), Piece("text", 1, (1,)),
-              Piece("speech", 300), Piece("text", 5, tuple(range(5)))]
-    ours, next_position = mrope_positions(pieces, start=0)
-
+def reference_rope_index(token_types: torch.Tensor, **grids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' Qwen2VLModel.get_rope_index on tokens typed 0 (text), 1 (image) or 2 (video)."""
     config = Qwen2VLConfig(
         text_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
                      "intermediate_size": 64, "vocab_size": 200,
@@ -63,11 +58,19 @@ def test_mrope_positions_match_transformers_qwen2vl_for_image_then_speech() -> N
         vision_config={"depth": 1, "embed_dim": 16, "hidden_size": 32, "num_heads": 1},
         image_token_id=151, video_token_id=152,
     )
-    reference = Qwen2VLModel(config)
+    input_ids = torch.where(token_types == 0, 5, 150 + token_types)
+    return Qwen2VLModel(config).get_rope_index(input_ids, token_types, **grids)
+
+
+def test_mrope_positions_match_transformers_qwen2vl_for_image_then_speech() -> None:
+    """Our positions for [text, image, text, speech, text] equal Qwen2VLModel.get_rope_index."""
+    merged_grid = (1, 3, 5)  # 6 × 10 patches before the 2×2 merge
+    pieces = [Piece("text", 7, tuple(range(7))), Piece("image", 15, grid=merged_grid), Piece("text", 1, (1,)),
+              Piece("speech", 300), Piece("text", 5, tuple(range(5)))]
+    ours, next_position = mrope_positions(pieces, start=0)
+
     token_types = torch.tensor([[0] * 7 + [1] * 15 + [0] * 306])
-    input_ids = torch.where(token_types == 1, 151, 5)
-    theirs, deltas = reference.get_rope_index(input_ids, token_types,
-                                              image_grid_thw=torch.tensor([[1, 6, 10]]))
+    theirs, deltas = reference_rope_index(token_types, image_grid_thw=torch.tensor([[1, 6, 10]]))
     assert torch.equal(ours, theirs[:, 0])
     assert next_position == int(theirs.max()) + 1 == ours.shape[1] + int(deltas)
 

@@ -91,7 +91,7 @@ def test_respond_request_round_trip() -> None:
 
 @pytest.mark.parametrize(("fields", "payload", "message"), [
     ({"parts": {"speech": 4}}, b"12345", "add up to 4 bytes but the payload has 5"),
-    ({"parts": {"video": 1}}, b"1", "parts must map"),
+    ({"parts": {"smell": 1}}, b"1", "parts must map"),
     ({"parts": {"speech": 3}}, b"123", "multiple of 4 bytes"),
     ({"parts": {"text": 1}}, b"\xff", "not valid UTF-8"),
     ({"sample_rate": 0}, b"", "sample_rate must be a positive integer"),
