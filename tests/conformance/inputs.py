@@ -1,8 +1,8 @@
 """The requests both sides of the conformance comparison run, and the media they carry.
 
 Imported by `make_reference.py` (in the venv that runs Lyra's code) and by the tests (in the
-project's venv), so it needs only numpy and Pillow. The speech and the picture are synthesised
-from formulas, so the committed reference data holds no audio or image files.
+project's venv), so it needs only numpy and Pillow. The speech, the picture and the clip are
+synthesised from formulas, so the committed reference data holds no audio, image or video files.
 """
 
 from __future__ import annotations
@@ -32,11 +32,24 @@ def picture() -> Image.Image:
     return Image.fromarray(rgb)
 
 
+CLIP_FPS = 10
+CLIP_FRAMES = 40  # 4 s: Lyra's CLI keeps 8 of them (2 per second), 4 frame pairs
+
+
+def clip_frames() -> np.ndarray:
+    """(40, 84, 112, 3) uint8 RGB: a pattern sliding right and brightening, 112 × 84 so neither side resizes."""
+    y, x = np.mgrid[0:84, 0:112]
+    frames = [np.stack([(x * 2 + 9 * i) % 256, (y * 3 + i) % 256, ((x + y) * 5 + 4 * i) % 256], axis=-1)
+              for i in range(CLIP_FRAMES)]
+    return np.stack(frames).astype(np.uint8)
+
+
 @dataclass(frozen=True)
 class Turn:
     text: str | None = None
     speech: tuple[float, float] | None = None  # (seconds, pitch in Hz)
     image: bool = False
+    video: bool = False  # clip_frames(), as a file the CLI's --video-file reads
 
     @property
     def adapter(self) -> str | None:
@@ -66,4 +79,6 @@ CASES = (
     Case("text", (Turn(text="Hello, how can I help you today?"),)),
     Case("transcript", (Turn(text=ASR_TEXT, speech=(2.5, 200.0)),)),
     Case("second_turn", (Turn(text="What did I say?", speech=(2.0, 140.0)), Turn(speech=(1.0, 250.0)))),
+    Case("video_text", (Turn(text="What moved?", video=True),)),
+    Case("video_speech", (Turn(speech=(1.5, 170.0), video=True),)),
 )

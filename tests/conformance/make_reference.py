@@ -5,6 +5,8 @@ This script is not part of Omnivox and never runs in the project's venv: it need
     python3.11 -m venv /tmp/lyra-venv
     /tmp/lyra-venv/bin/pip install torch==2.13.0 transformers==4.45.0 tokenizers==0.20.0 peft==0.13.2 \
         accelerate==0.34.0 safetensors numpy pillow scipy
+    # the CLI's video path: qwen-vl-utils as of Lyra's commit, and torchvision for its resize
+    /tmp/lyra-venv/bin/pip install --no-deps qwen-vl-utils==0.0.8 torchvision==0.28.0
     # Lyra at the pinned commit and fairseq, both outside the repo (PYTHONHASHSEED: peft saves a set):
     git --git-dir=<lyra mirror> archive 166c027ff9cbdc3f85f6e4eca1433f8b2dabc8d1 lyra | tar -x -C /tmp/lyra
     git --git-dir=<fairseq mirror> archive 3d262bb25690e4eb2e7d3c1309b1e9c406ca4b99 fairseq | tar -x -C /tmp/fairseq
@@ -24,14 +26,19 @@ For each variant (untied embeddings like Lyra-Base, tied like Lyra-Mini) it
    ids, the CTC generator's frame argmax and units; then vocodes the units with fairseq's
    `CodeHiFiGANVocoder` on a random vocoder checkpoint.
 
+A video is answered as the CLI answers `--video-file`: qwen-vl-utils' process_vision_info with the CLI's
+total_pixels, min_pixels and max_frames (frame sampling and resizing), then the image processor's `videos=`.
+
 Redirections from the CLI, each because the CLI cannot run otherwise on a CPU or would be random:
 fp32 instead of its fp16 casts; SDPA instead of flash attention (in the CTC generator each layer's
 attention class is swapped to SDPA and the 2-D all-True mask `predict()` passes is dropped: SDPA's
 is_causal is flash attention's causal=True); `model.eval()` after loading the adapters (the CLI leaves
 the LoRA dropout in training mode). Modules needed only for I/O or training on GPUs (deepspeed,
-flash_attn, numba, whisper, qwen_vl_utils, torchaudio, timm, fairseq's data and hub modules) are
-stubbed here. Pickles in the output (non_lora_trainables.bin, the vocoder) are stored as safetensors;
-the tests write them back with torch.save.
+flash_attn, numba, whisper, torchaudio, timm, fairseq's data and hub modules) are stubbed here, and so
+are torchvision's C++ operator registrations (its PyPI build wants CUDA; only its Python resize runs) and
+torchvision's video decoder (gone from 0.28): `torchvision.io.read_video` hands qwen-vl-utils the clip's
+frames from `inputs.clip_frames()`, as a lossless file would decode. Pickles in the output
+(non_lora_trainables.bin, the vocoder) are stored as safetensors; the tests write them back with torch.save.
 """
 
 from __future__ import annotations
@@ -60,7 +67,17 @@ import transformers.models.whisper.modeling_whisper  # noqa: E402,F401
 import transformers.trainer  # noqa: E402,F401
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from tests.conformance.inputs import CASES, SAMPLE_RATE, WHISPER_EVERY, Case, Turn, picture, speech  # noqa: E402
+from tests.conformance.inputs import (  # noqa: E402
+    CASES,
+    CLIP_FPS,
+    SAMPLE_RATE,
+    WHISPER_EVERY,
+    Case,
+    Turn,
+    clip_frames,
+    picture,
+    speech,
+)
 
 LYRA_COMMIT = "166c027ff9cbdc3f85f6e4eca1433f8b2dabc8d1"
 FAIRSEQ_COMMIT = "3d262bb25690e4eb2e7d3c1309b1e9c406ca4b99"
@@ -69,7 +86,7 @@ HIDDEN, LAYERS, HEADS, KV_HEADS, FFN = 64, 2, 4, 2, 128
 VISION_WIDTH, WHISPER_WIDTH = 32, 64
 GENERATOR = "(2,64,4,128)"  # ctc_decoder_config: layers, width, heads, ffn
 LORA = {"speech": (8, 2), "long_speech": (16, 32)}  # (r, alpha): the released 64/16 and 128/256, shrunk
-TOWER_CASES = ("image_text", "speech_text", "long_speech")  # one per tower and speech adapter
+TOWER_CASES = ("image_text", "video_text", "speech_text", "long_speech")  # one per tower path and speech adapter
 SEED = 3  # chosen so every greedy and CTC frame argmax is > 1e-3 from a tie (see min_margin)
 GENERATOR_GAIN = {f"speech_generator.layers.{i}.self_attn.{p}_proj.weight": 4.0 for i in range(2) for p in "qk"}
 GENERATOR_GAIN["speech_generator.output_proj.weight"] = 8.0
@@ -107,10 +124,16 @@ def stub_modules(lyra: Path, fairseq: Path) -> None:
     """Make Lyra's and fairseq's vocoder modules importable without their I/O and GPU dependencies."""
     for name in ("deepspeed", "deepspeed.runtime", "deepspeed.runtime.zero",
                  "deepspeed.runtime.zero.partition_parameters", "numba", "flash_attn", "flash_attn.bert_padding",
-                 "whisper", "qwen_vl_utils", "qwen_vl_utils.vision_process", "torchaudio", "torchaudio.transforms",
-                 "timm", "timm.models", "timm.models.layers", "soundfile"):
+                 "whisper", "torchaudio", "torchaudio.transforms", "timm", "timm.models", "timm.models.layers",
+                 "soundfile", "torchvision._meta_registrations"):
         sys.modules[name] = _StubModule(name)
     sys.path.insert(0, str(lyra))
+    import torchvision.io
+
+    def read_video(path: str, **_kwargs) -> tuple[torch.Tensor, torch.Tensor, dict]:  # TCHW uint8, audio, info
+        return torch.from_numpy(clip_frames()).permute(0, 3, 1, 2), torch.zeros(0), {"video_fps": float(CLIP_FPS)}
+
+    torchvision.io.read_video = read_video
 
     # fairseq: real vocoder files under stub packages, so no package __init__ (and its I/O) runs.
     def package(name: str, path: Path | None) -> types.ModuleType:
@@ -360,13 +383,26 @@ def cli_speech(speech_processor, samples: np.ndarray) -> torch.Tensor:  # noqa: 
     return torch.stack(clips, dim=0).squeeze()
 
 
+def cli_video(image_processor) -> dict:  # noqa: ANN001
+    """`--video-file` as lyra/serve/cli.py main() reads it: these limits, qwen-vl-utils, the processor's videos=."""
+    from qwen_vl_utils import process_vision_info
+
+    total_pixels = 28 * 28 * 2048 * 32
+    min_pixels = 28 * 28 * 4
+    max_frames = 16
+    messages = [{"role": "user", "content": [{"type": "video", "video": "clip.mkv", "total_pixels": total_pixels,
+                                              "min_pixels": min_pixels, "max_frames": max_frames}]}]
+    _, video_inputs = process_vision_info(messages)
+    return image_processor(images=None, videos=video_inputs[0], return_tensors="pt")
+
+
 def user_message(turn: Turn) -> str:
     """The CLI's user message: `<speech>` (+ newline + typed text), after the vision block when there is one."""
     from lyra.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_SPEECH_TOKEN
 
     if turn.image and turn.speech and turn.text:  # no Lyra reference: Omnivox's choice (README, Fidelity)
         return f"<|vision_start|>{DEFAULT_IMAGE_TOKEN}<|vision_end|>{DEFAULT_SPEECH_TOKEN}\n{turn.text}"
-    if turn.image:
+    if turn.image or turn.video:  # the CLI marks a video with <image> too
         return f"<|vision_start|>{DEFAULT_IMAGE_TOKEN}<|vision_end|>" + (DEFAULT_SPEECH_TOKEN if turn.speech else
                                                                           turn.text or "")
     if turn.speech:
@@ -449,6 +485,8 @@ def run_case(case: Case, folder: Path, loaded, lyra_cli) -> dict:  # noqa: ANN00
             batch = image_processor(images=lyra_cli.preprocess_image_qwen2vl(picture(), image_resolution=2880),
                                     return_tensors="pt")
             images = [batch]
+        if any(t.video for t in turns):
+            images = [cli_video(image_processor)]
         if last.adapter is None:
             model.disable_adapters()
         else:
@@ -572,7 +610,9 @@ def main() -> None:
         with contextlib.chdir(work):  # Lyra re-reads the towers from the relative model_zoo/ paths
             loaded = load_like_cli(folder)
             results = {case.name: run_case(case, folder, loaded, lyra_cli) for case in CASES}
-        speech_units.append(max((result["units"] for result in results.values()), key=len))  # the longest reply
+        # the longest reply of the cases without video, which the vocoder data was made from before those came
+        speech_units.append(max((results[case.name]["units"] for case in CASES
+                                 if not any(turn.video for turn in case.turns)), key=len))
         tensors = {f"{case}.{key}": value.contiguous() for case, result in results.items()
                    for key, value in result.pop("tensors").items()}
         save_file(tensors, args.out / f"{name}.reference.safetensors")

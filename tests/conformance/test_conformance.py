@@ -20,13 +20,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.loading import LoadedLyra, load_lyra
-from engine.media import Speech
+from engine.media import Speech, read_video
 from engine.model.speech_generator import ctc_collapse
 from engine.model.vocoder import load_vocoder
 from engine.prompt import Piece
 from engine.quantize import Precision
 from engine.session import Session, TurnRequest, collect
-from tests.conformance.inputs import CASES, WHISPER_EVERY, Case, picture, speech
+from tests.conformance.inputs import CASES, CLIP_FPS, WHISPER_EVERY, Case, clip_frames, picture, speech
+from tests.engine.test_video import write_clip
 
 DATA = Path(__file__).parent / "data"
 VARIANTS = ("Lyra_Base_tiny", "Lyra_Mini_tiny")
@@ -87,12 +88,14 @@ class Recorded:
 
 
 def piece_ids(pieces: list[Piece]) -> list[int]:
-    marker = {"image": IMAGE_TOKEN_INDEX, "speech": SPEECH_TOKEN_INDEX}
+    marker = {"image": IMAGE_TOKEN_INDEX, "video": IMAGE_TOKEN_INDEX, "speech": SPEECH_TOKEN_INDEX}
     return [i for piece in pieces for i in (piece.token_ids if piece.kind == "text" else (marker[piece.kind],))]
 
 
-def run_engine(lyra: LoadedLyra, case: Case, monkeypatch: pytest.MonkeyPatch) -> Recorded:
-    """Every turn of `case` through Session.respond, as the app runs it, with hooks on what it computes."""
+def run_engine(lyra: LoadedLyra, case: Case, monkeypatch: pytest.MonkeyPatch, folder: Path) -> Recorded:
+    """Every turn of `case` through Session.respond, as the app runs it, with hooks on what it computes.
+
+    A video goes through `ask --video`'s reader: the clip written losslessly with OpenCV, read back and sampled."""
     model, seen = lyra.model, Recorded()
     session = Session(lyra, extraction=None)
     embed_pieces, forward, logits = session.embed_pieces, session.forward, model.logits
@@ -125,9 +128,10 @@ def run_engine(lyra: LoadedLyra, case: Case, monkeypatch: pytest.MonkeyPatch) ->
             last = number == len(case.turns)
             for recorded in (seen.logits, seen.frames, seen.vision, seen.whisper, seen.projector):
                 recorded.clear()  # keep the last turn's only
+            video = read_video(write_clip(folder / "clip.mkv", list(clip_frames()), CLIP_FPS)) if turn.video else None
             request = TurnRequest(speech=Speech(speech(*turn.speech)) if turn.speech else None,
                                   image=picture() if turn.image else None, text=turn.text,
-                                  max_new_tokens=case.max_new_tokens, speak=last)
+                                  max_new_tokens=case.max_new_tokens, speak=last, video=video)
             done, _ = collect(session.respond(request))
             assert done.adapter == turn.adapter
             if not last:  # the reply stays in the conversation, as generated
@@ -147,11 +151,12 @@ def max_diff(ours: torch.Tensor, theirs: torch.Tensor) -> float:
 # ---- the comparisons --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-def test_engine_answers_as_lyra_does(variant: tuple, case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_engine_answers_as_lyra_does(variant: tuple, case: Case, monkeypatch: pytest.MonkeyPatch,
+                                     tmp_path: Path) -> None:
     _name, lyra, reference, tensors = variant
     expected = reference[case.name]
     theirs = {key.split(".", 1)[1]: value for key, value in tensors.items() if key.startswith(case.name + ".")}
-    seen = run_engine(lyra, case, monkeypatch)
+    seen = run_engine(lyra, case, monkeypatch, tmp_path)
 
     assert seen.prompt_ids == expected["prompt_ids"]
     prompt_positions = torch.cat(seen.positions[:len(seen.positions) - case.max_new_tokens], dim=1)
