@@ -379,3 +379,16 @@ def test_a_turn_preempts_transcriptions(engine: EngineProcess, preempt: str) -> 
         assert engine.until("t1", "turn_done", "error")[-1][0]["type"] == "turn_done"
     else:
         assert engine.until("f", "progress", "error")[-1][0]["stage"] == "image ready"
+
+
+def test_a_video_turn_crosses_the_wire_and_a_bad_frame_is_one_error(engine: EngineProcess) -> None:
+    engine.request("reset", "r")
+    frames = tuple(png(56, seed) for seed in range(5))  # 2.5 s at 2 fps: Lyra's sampling keeps 4, two pairs
+    request = RespondRequest("v1", text="What changed?", max_new_tokens=2, speak=False, video=frames,
+                             video_times=tuple(i * 0.5 for i in range(5)))
+    done = engine.turn(request)[-1][0]
+    assert done["type"] == "turn_done" and done["tokens"]["video"] == 2 * 2 * 2 and done["tokens"]["image"] == 0
+    bad = RespondRequest("v2", text="And now?", video=(b"not an image",), video_times=(0.0,), max_new_tokens=1)
+    error = engine.turn(bad)[-1][0]
+    assert error["type"] == "error" and "not a readable image" in error["message"]
+    assert engine.turn(request)[-1][0]["type"] == "turn_done"  # the engine serves on
