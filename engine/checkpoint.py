@@ -9,9 +9,10 @@ Weights come through memory-mapped safetensors; the release's two pickles
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,8 @@ class LoadReport:
 
     unexpected: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    # quantized layers: "loaded" from the weight cache, "written" to it, "rebuilt" (a damaged file); None: no cache
+    weight_cache: str | None = None
 
 
 def locate(folder: Path, vocoder: Path | None = None) -> CheckpointFiles:
@@ -149,6 +152,40 @@ def iter_tensors(files: CheckpointFiles, names: list[str], index: dict[str, Tens
                 except (SafetensorError, OSError, RuntimeError) as err:
                     raise OmnivoxError(f"{shard}: cannot read tensor {name} ({err}); re-download it.") from err
                 yield name, tensor
+
+
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+                      torch.int64: "I64", torch.int32: "I32", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
+Layout = dict[str, tuple[torch.dtype, tuple[int, ...]]]  # tensor name → dtype and shape, in file order
+
+
+def write_safetensors(path: Path, layout: Layout, tensors: Iterable[tuple[str, torch.Tensor]],
+                      metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file one tensor at a time: the header comes from `layout`, so the tensors are
+    never all in memory (safetensors' own `save_file` serializes every tensor to bytes first)."""
+    header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, (dtype, shape) in layout.items():
+        size = math.prod(shape) * dtype.itemsize
+        header[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the format aligns the data to 8 bytes
+    with path.open("wb") as out:
+        out.write(len(encoded).to_bytes(8, "little"))
+        out.write(encoded)
+        for (name, tensor), (expected, (dtype, shape)) in zip(tensors, layout.items(), strict=True):
+            if name != expected or tensor.dtype != dtype or tuple(tensor.shape) != shape:
+                raise ValueError(f"{path}: got {name} {tensor.dtype} {list(tensor.shape)} where the header has "
+                                 f"{expected} {dtype} {list(shape)}")
+            out.write(tensor_bytes(tensor))
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The tensor's bytes as stored on the CPU, without a copy when it is there already."""
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy())
 
 
 def load_pickled_tensors(path: Path) -> dict[str, torch.Tensor]:

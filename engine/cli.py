@@ -91,7 +91,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     make = commands.add_parser("make-test-model", help="write a random-weight checkpoint in the released layout")
     make.add_argument("folder", type=Path)
-    make.add_argument("--size", default="tiny", help="tiny, bench or mini-proportions")
+    make.add_argument("--size", default="tiny",
+                      help="tiny, bench, mini-proportions, or the real mini-real / base-real (~7 / ~19 GB)")
     make.add_argument("--seed", type=int, default=0)
     make.set_defaults(run=run_make_test_model)
 
@@ -306,10 +307,10 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 
 def run_make_test_model(args: argparse.Namespace) -> int:
-    from engine.testing import SIZES, write_test_model
+    from engine.testing import SIZE_NAMES, write_test_model
 
-    if args.size not in SIZES:
-        raise OmnivoxError(f"unknown size {args.size!r}; choose one of {', '.join(SIZES)}.")
+    if args.size not in SIZE_NAMES:
+        raise OmnivoxError(f"unknown size {args.size!r}; choose one of {', '.join(SIZE_NAMES)}.")
     folder = write_test_model(args.folder, args.size, args.seed)
     size_mb = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
     print(f"wrote a random-weight Lyra checkpoint ({args.size}, {size_mb:.1f} MB) to {folder}")

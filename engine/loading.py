@@ -2,7 +2,9 @@
 
 The model is first built with parameters on the meta device (no memory), then each released
 tensor is read from the memory-mapped shards, checked against the shape the engine expects,
-cast or quantized, and put in place — so peak memory stays near the final model size.
+cast or quantized, and put in place — so peak memory stays near the final model size. With a
+cache folder, the quantized layers of an `nf4` / `int8` load are kept there (engine/weight_cache.py)
+and the next load takes them from it instead of quantizing again.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ from engine.config import LyraConfig
 from engine.errors import OmnivoxError
 from engine.model.lyra import ADAPTERS, LyraModel, SpeechEncoderDims
 from engine.model.vocoder import UnitVocoder, load_vocoder
-from engine.quantize import Precision, quantized_linear, storage_format
+from engine.quantize import Precision, prequantized_linear, quantized_linear, storage_format
+from engine.weight_cache import CachedLayers, DamagedCache, WeightCache
 
 LORA_TARGETS = r"layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)"
 SPEECH_TOWER = "model.speech_tower.speech_tower."
 
 logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,7 +57,9 @@ def load_lyra(
     precision: Precision,
     vocoder: Path | None = None,
     attn_implementation: str = "sdpa",
+    cache_dir: Path | None = None,
 ) -> LoadedLyra:
+    """Load a checkpoint; with `cache_dir`, quantized layers come from (or go to) the weight cache there."""
     check_attention(attn_implementation, precision)
     files = checkpoint.locate(folder, vocoder)
     config = LyraConfig.from_file(files.config)
@@ -62,9 +68,18 @@ def load_lyra(
     projectors = {name: checkpoint.adapter_projector(path) for name, path in files.adapters.items()}
     dims = speech_encoder_dims(index, projectors["speech"])
 
-    with parameters_on_meta():
-        model = LyraModel(config, dims, attn_implementation)
-    report = load_weights(model, files, index, precision)
+    cache = WeightCache(cache_dir, files, precision) if cache_dir is not None and precision.quantized else None
+    try:
+        model, report = build_model(config, dims, attn_implementation, files, index, precision, cache)
+        damage = None
+    except DamagedCache as err:
+        damage = str(err)
+    if damage is not None:  # rebuilt outside the handler: its traceback would keep the half-filled model alive
+        log.warning("%s: not used, loading afresh", damage)
+        assert cache is not None
+        cache.discard()
+        model, report = build_model(config, dims, attn_implementation, files, index, precision, cache)
+        report.weight_cache = "rebuilt"
     for name, tensors in projectors.items():
         load_module(model.speech_projectors[name], tensors, precision, f"{name} adapter projector")
     load_adapters(model, files, precision, report)
@@ -74,6 +89,21 @@ def load_lyra(
     tokenizer = load_tokenizer(folder)
     unit_vocoder = load_vocoder_checked(files, precision)
     return LoadedLyra(model, tokenizer, unit_vocoder, config, precision, report, folder)
+
+
+def build_model(config: LyraConfig, dims: SpeechEncoderDims, attn_implementation: str, files: CheckpointFiles,
+                index: dict[str, TensorInfo], precision: Precision, cache: WeightCache | None
+                ) -> tuple[LyraModel, LoadReport]:
+    """The model with the checkpoint's weights, its quantized layers from the cache when it holds them."""
+    cached = cache.open() if cache is not None else None
+    with parameters_on_meta():
+        model = LyraModel(config, dims, attn_implementation)
+    report = load_weights(model, files, index, precision, cached)
+    if cache is not None:
+        if cached is None:
+            cache.write(model)
+        report.weight_cache = "loaded" if cached is not None else "written"
+    return model, report
 
 
 def check_attention(attn_implementation: str, precision: Precision) -> None:
@@ -134,7 +164,7 @@ def speech_encoder_dims(index: dict[str, TensorInfo], projector: dict[str, torch
 
 
 def load_weights(model: LyraModel, files: CheckpointFiles, index: dict[str, TensorInfo],
-                 precision: Precision) -> LoadReport:
+                 precision: Precision, cached: CachedLayers | None = None) -> LoadReport:
     expected = {n: tuple(p.shape) for n, p in model.named_parameters() if not n.startswith("speech_projectors.")}
     report = LoadReport()
     wanted: dict[str, str] = {}  # released → engine
@@ -159,12 +189,25 @@ def load_weights(model: LyraModel, files: CheckpointFiles, index: dict[str, Tens
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise OmnivoxError(f"weights: missing {shown}; the checkpoint is incomplete, re-download it.")
 
+    formats = {}  # module → "nf4" / "int8" for the layers bitsandbytes holds
+    for target in wanted.values():
+        module_name = target.rsplit(".", 1)[0]
+        fmt = storage_format(module_name, getattr(model.get_submodule(module_name), "in_features", 0), precision.mode)
+        if fmt is not None:
+            formats[module_name] = fmt
+    if cached is not None:  # those layers as quantized before; their released tensors are not read
+        for module_name, fmt in formats.items():
+            linear = model.get_submodule(module_name)
+            replace_module(model, module_name, prequantized_linear(cached.state(module_name), fmt, precision,
+                                                                   linear.in_features, linear.out_features))
+        wanted = {released: target for released, target in wanted.items() if target.rsplit(".", 1)[0] not in formats}
+
     pending: dict[str, dict[str, torch.Tensor]] = {}  # quantized modules waiting for weight + bias
     for released, tensor in checkpoint.iter_tensors(files, list(wanted), index):
         target = wanted[released]
         module_name, leaf = target.rsplit(".", 1)
         linear = model.get_submodule(module_name)
-        fmt = storage_format(module_name, getattr(linear, "in_features", 0), precision.mode)
+        fmt = formats.get(module_name)
         if fmt is not None:
             parts = pending.setdefault(module_name, {})
             parts[leaf] = tensor

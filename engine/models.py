@@ -218,7 +218,9 @@ class ModelStore:
         return problems
 
     def remove(self, name: str) -> None:
-        """Delete an installed model, or what an unfinished download of it left."""
+        """Delete an installed model with its cached quantized weights, or what an unfinished download left."""
+        from engine import weight_cache  # imports torch: not at start-up
+
         catalog_entry(name)
         registry = self.registry()
         record = registry.pop(name, None)
@@ -228,6 +230,7 @@ class ModelStore:
             shutil.rmtree(self.model_folder(name), ignore_errors=True)
             return
         self.save_registry(registry)  # forget first: a half-deleted folder is never listed as installed
+        weight_cache.remove(weight_cache.cache_dir(self.data_dir), Path(record["folder"]))
         shutil.rmtree(record["folder"], ignore_errors=True)
 
 

@@ -121,6 +121,28 @@ def quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None, fmt: str, 
     return layer.to(precision.device)
 
 
+def prequantized_linear(state: dict[str, torch.Tensor], fmt: str, precision: Precision, in_features: int,
+                        out_features: int) -> nn.Module:
+    """A bitsandbytes layer rebuilt from its own `state_dict` (a cached one), exactly as it was quantized."""
+    import bitsandbytes as bnb
+
+    weight, bias = state["weight"], state.get("bias")
+    if fmt == "nf4":
+        layer = bnb.nn.Linear4bit(in_features, out_features, bias=bias is not None, compute_dtype=precision.dtype,
+                                  compress_statistics=True, quant_type="nf4", device="meta")
+        stats = {key.removeprefix("weight."): value for key, value in state.items() if key.startswith("weight.")}
+        layer.weight = bnb.nn.Params4bit.from_prequantized(weight, stats, device=precision.device, module=layer)
+    else:
+        layer = bnb.nn.Linear8bitLt(in_features, out_features, bias=bias is not None, has_fp16_weights=False,
+                                    threshold=6.0, device="meta")
+        codes = weight.to(precision.device)
+        layer.weight = bnb.nn.Int8Params(codes, requires_grad=False, has_fp16_weights=False, CB=codes,
+                                         SCB=state["SCB"].to(precision.device))
+    if bias is not None:
+        layer.bias = nn.Parameter(bias.to(precision.device), requires_grad=False)
+    return layer
+
+
 def count_quantized(model: nn.Module) -> dict[str, int]:
     """How many bitsandbytes layers of each kind the model holds."""
     import bitsandbytes as bnb

@@ -3,20 +3,24 @@
 `write_test_model(folder)` writes what a download of `zszhong/Lyra_Mini_3B` holds — config.json
 with every field, sharded safetensors under the released key names, slow Qwen2 tokenizer files
 (a real byte-level BPE with the Qwen special tokens), both LoRA adapter folders with their
-`non_lora_trainables.bin`, and the unit vocoder — at sizes small enough for a CPU.
+`non_lora_trainables.bin`, and the unit vocoder — at sizes small enough for a CPU, or at the real
+architectures of the catalogue (`mini-real`, `base-real`: full vocabulary, real-size vocoder, small
+tokenizer). Tensors are drawn and written one at a time, so even Lyra-Base (~19 GB) is never in memory.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from engine.checkpoint import Layout, write_safetensors
 from engine.model.vocoder import write_random_vocoder
 
 QWEN_SPECIAL_TOKENS = (
@@ -75,6 +79,10 @@ SIZES = {
     "mini-proportions": ModelSize(hidden=384, layers=6, heads=6, kv_heads=2, ffn=1024, generator_width=1024,
                                   generator_heads=8, generator_ffn=2752),
 }
+# The catalogue's architectures at their true shapes (engine/catalog.py), for benchmarks: ~6.6 / ~19 GB.
+REAL_SIZES = {"mini-real": "Lyra-Mini-3B", "base-real": "Lyra-Base-9B"}
+SIZE_NAMES = (*SIZES, *REAL_SIZES)
+SHARD_BYTES = 4_000_000_000  # the release's shards hold a few GB each
 
 
 def lyra_config(size: ModelSize, vocab_size: int, tie_word_embeddings: bool = False) -> dict:
@@ -138,8 +146,8 @@ def lyra_config(size: ModelSize, vocab_size: int, tie_word_embeddings: bool = Fa
     }
 
 
-def released_tensor_shapes(size: ModelSize, vocab_size: int) -> dict[str, tuple[int, ...]]:
-    """Every tensor of the main shards, by its released name."""
+def released_tensor_shapes(size: ModelSize, vocab_size: int, tied: bool = False) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the main shards, by its released name (no lm_head when it is the embedding)."""
     h, f = size.hidden, size.ffn
     head_dim = h // size.heads
     kv = size.kv_heads * head_dim
@@ -154,7 +162,9 @@ def released_tensor_shapes(size: ModelSize, vocab_size: int) -> dict[str, tuple[
             p + "mlp.gate_proj.weight": (f, h), p + "mlp.up_proj.weight": (f, h), p + "mlp.down_proj.weight": (h, f),
             p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
         }
-    shapes |= {"model.norm.weight": (h,), "lm_head.weight": (vocab_size, h)}
+    shapes["model.norm.weight"] = (h,)
+    if not tied:
+        shapes["lm_head.weight"] = (vocab_size, h)
 
     v, vp = size.vision_width, "model.vision_tower.vision_tower."
     shapes[vp + "patch_embed.proj.weight"] = (v, 3, 2, 14, 14)
@@ -270,17 +280,24 @@ def write_adapter(folder: Path, size: ModelSize, config: dict, rank: int, alpha:
     }, indent=2), encoding="utf-8")
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "Lyra_Qwen2VL"}, indent=2),
                                         encoding="utf-8")
-    shapes = released_tensor_shapes(size, config["vocab_size"])
-    lora = {}
-    for name, shape in shapes.items():
+    layout: Layout = {}
+    for name, shape in released_tensor_shapes(size, config["vocab_size"]).items():
         module = name.removesuffix(".weight").rsplit(".", 1)[-1]
         if name.startswith("model.layers.") and name.endswith(".weight") and module in LORA_MODULES:
             out_features, in_features = shape
             base = "base_model.model." + name.removesuffix(".weight")
-            lora[base + ".lora_A.weight"] = torch.randn(rank, in_features, generator=generator) / math.sqrt(in_features)
-            lora[base + ".lora_B.weight"] = torch.randn(out_features, rank, generator=generator) * 0.05
-    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in lora.items()}, folder / "adapter_model.safetensors",
-              metadata={"format": "pt"})
+            layout[base + ".lora_A.weight"] = (torch.bfloat16, (rank, in_features))
+            layout[base + ".lora_B.weight"] = (torch.bfloat16, (out_features, rank))
+
+    def draw() -> Iterator[tuple[str, torch.Tensor]]:
+        for name, (_, shape) in layout.items():
+            if name.endswith("lora_A.weight"):
+                tensor = torch.randn(shape, generator=generator) / math.sqrt(shape[1])
+            else:
+                tensor = torch.randn(shape, generator=generator) * 0.05
+            yield name, tensor.to(torch.bfloat16)
+
+    write_safetensors(folder / "adapter_model.safetensors", layout, draw(), metadata={"format": "pt"})
     projector = {"model." + name: random_tensor(name, shape, generator).to(torch.bfloat16)
                  for name, shape in projector_shapes(size, "model.mm_speech_projector.").items()}
     torch.save(projector, folder / "non_lora_trainables.bin")
@@ -300,12 +317,14 @@ def sharpen_generator_attention(tensors: dict[str, torch.Tensor], scale: float =
 
 def calibrate_blank_bias(tensors: dict[str, torch.Tensor], size: ModelSize) -> None:
     """Make blank win most CTC frames, as in a trained generator (a few units per token, not 25)."""
+    from engine.loading import parameters_on_meta
     from engine.model.speech_generator import CTCSpeechGenerator
 
-    generator = CTCSpeechGenerator(size.hidden, layers=2, width=size.generator_width,
-                                   heads=size.generator_heads, ffn=size.generator_ffn)
+    with parameters_on_meta():  # the drawn tensors become its weights: no second copy (1.6 GB at real size)
+        generator = CTCSpeechGenerator(size.hidden, layers=2, width=size.generator_width,
+                                       heads=size.generator_heads, ffn=size.generator_ffn)
     prefix = "speech_generator."
-    generator.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    generator.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, assign=True)
     with torch.inference_mode():
         logits = generator(torch.randn(8, size.hidden, generator=torch.Generator().manual_seed(1)))
     units = logits[:, :1000]
@@ -313,34 +332,69 @@ def calibrate_blank_bias(tensors: dict[str, torch.Tensor], size: ModelSize) -> N
     tensors[prefix + "output_proj.bias"][1000] += units.max(-1).values.quantile(0.5) - logits[:, 1000].mean()
 
 
+def draw_weights(shapes: dict[str, tuple[int, ...]], size: ModelSize,
+                 generator: torch.Generator) -> Iterator[tuple[str, torch.Tensor]]:
+    """Random bf16 tensors in `shapes` order, drawn one at a time; the CTC generator's (last in the order)
+    are held until all are drawn, since its attention and blank bias are tuned together."""
+    held: dict[str, torch.Tensor] = {}
+    for name, shape in shapes.items():
+        tensor = random_tensor(name, shape, generator)
+        if name.startswith("speech_generator."):
+            held[name] = tensor
+        else:
+            yield name, tensor.to(torch.bfloat16)
+    sharpen_generator_attention(held)
+    calibrate_blank_bias(held, size)
+    for name, tensor in held.items():
+        yield name, tensor.to(torch.bfloat16)
+
+
+def shard_layouts(shapes: dict[str, tuple[int, ...]]) -> list[Layout]:
+    """bf16 tensors split in order into shards of about equal bytes: two at least, each under ~SHARD_BYTES."""
+    sizes = {name: math.prod(shape) * 2 for name, shape in shapes.items()}
+    count = max(2, math.ceil(sum(sizes.values()) / SHARD_BYTES))
+    target = sum(sizes.values()) / count
+    shards: list[Layout] = [{} for _ in range(count)]
+    written = 0
+    for name, shape in shapes.items():
+        shards[min(int(written // target), count - 1)][name] = (torch.bfloat16, shape)
+        written += sizes[name]
+    return [shard for shard in shards if shard]
+
+
 def write_test_model(folder: Path, size: str | ModelSize = "tiny", seed: int = 0) -> Path:
     """Write a complete random-weight Lyra checkpoint into `folder` and return it."""
-    dims = SIZES[size] if isinstance(size, str) else size
+    vocab_size, tied, small_vocoder = None, False, True
+    if isinstance(size, ModelSize):
+        dims = size
+    elif size in REAL_SIZES:
+        from engine.catalog import CATALOG  # the catalogue builds on this module
+
+        entry = CATALOG[REAL_SIZES[size]]
+        dims, vocab_size, tied, small_vocoder = entry.size, entry.vocab_size, entry.tie_word_embeddings, False
+    else:
+        dims = SIZES[size]
     folder.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
     tokens = write_tokenizer(folder, dims.bpe_vocab)
-    vocab_size = 64 * math.ceil(tokens / 64)  # padded like Qwen's 151936
-    config = lyra_config(dims, vocab_size)
+    vocab_size = vocab_size or 64 * math.ceil(tokens / 64)  # padded like Qwen's 151936
+    config = lyra_config(dims, vocab_size, tied)
     (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
-    tensors = {name: random_tensor(name, shape, generator)
-               for name, shape in released_tensor_shapes(dims, vocab_size).items()}
-    sharpen_generator_attention(tensors)
-    calibrate_blank_bias(tensors, dims)
-    names = list(tensors)
-    half = len(names) // 2
+    shapes = released_tensor_shapes(dims, vocab_size, tied)
+    layouts = shard_layouts(shapes)
+    tensors = draw_weights(shapes, dims, generator)
     weight_map = {}
-    for number, part in enumerate((names[:half], names[half:]), start=1):
-        shard = f"model-{number:05d}-of-00002.safetensors"
-        save_file({n: tensors[n].to(torch.bfloat16).contiguous() for n in part}, folder / shard,
-                  metadata={"format": "pt"})
-        weight_map |= dict.fromkeys(part, shard)
-    total = sum(t.numel() * 2 for t in tensors.values())
+    for number, layout in enumerate(layouts, start=1):
+        shard = f"model-{number:05d}-of-{len(layouts):05d}.safetensors"
+        write_safetensors(folder / shard, layout, islice(tensors, len(layout)), metadata={"format": "pt"})
+        weight_map |= dict.fromkeys(layout, shard)
+    total = sum(math.prod(shape) * 2 for shape in shapes.values())
     (folder / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2), encoding="utf-8")
 
     write_adapter(folder / "speech_lora", dims, config, dims.lora_rank, dims.lora_rank / 4, generator)
     write_adapter(folder / "long_speech_lora", dims, config, dims.long_lora_rank, dims.long_lora_rank * 2,
                   generator)
-    write_random_vocoder(folder / "vocoder", small=True, seed=seed)
+    write_random_vocoder(folder / "vocoder", small=small_vocoder, seed=seed)
     return folder
