@@ -289,7 +289,8 @@ def frame_size(height: int, width: int, frames: int, budget: int | None = None) 
     """(height, width) every frame is resized to: qwen-vl-utils' smart_resize with the CLI's pixel limits.
 
     Each frame may have the pixels of the budget shared by the clip's frames (the CLI's total_pixels), at
-    most 768 tokens' worth per frame pair, at least 4.2; sides are multiples of 28, the aspect kept.
+    most 768 tokens' worth per frame pair, at least 1.05 × the CLI's min_pixels; sides are multiples of 28, the
+    aspect kept.
     """
     if max(height, width) > MAX_ASPECT * min(height, width):
         raise OmnivoxError(f"the video's frames are {width}×{height}; a side may be at most {MAX_ASPECT} times "
