@@ -7,7 +7,8 @@ extraction off and at the default 4 × 0.7. Budgets: Lyra's own sampling (none),
 
 `--mini` adds the real Lyra-Mini shapes, random weights, one part per process to stay under 8 GB: its ViT
 (Qwen2-VL-2B's, 675 M parameters) encoding the 4 s clip, and its LLM (1.5 B) prefilling that many video tokens.
-Usage: python benchmarks/video_budget.py [--json] [--mini] [--seconds 2 4 8] [--budgets 0 1024 256]
+Usage: python benchmarks/video_budget.py [--json] [--mini] [--seconds 2 4 8] [--budgets 0 1024 256] [--shape bench]
+(`--shape tiny` is the quick run the tests make).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def peak_rss_gb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def bench_rows(seconds: list[float], budgets: list[int | None]) -> list[dict]:
+def bench_rows(shape: str, seconds: list[float], budgets: list[int | None]) -> list[dict]:
     from engine.extraction import ExtractionSettings
     from engine.loading import load_lyra
     from engine.media import video_from_frames
@@ -66,7 +67,7 @@ def bench_rows(seconds: list[float], budgets: list[int | None]) -> list[dict]:
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        lyra = load_lyra(write_test_model(Path(folder) / "bench", "bench"), Precision.parse("fp32", "cpu"))
+        lyra = load_lyra(write_test_model(Path(folder) / shape, shape), Precision.parse("fp32", "cpu"))
         collect(Session(lyra).respond(TurnRequest(text="warm up", max_new_tokens=1, speak=False)))
         for duration in seconds:
             frames, times = clip(duration)
@@ -81,7 +82,7 @@ def bench_rows(seconds: list[float], budgets: list[int | None]) -> list[dict]:
                         runs.append((done.timings_ms["encode"], done.timings_ms["prefill"] - done.timings_ms["encode"]))
                     encode, prefill = min(run[0] for run in runs), min(run[1] for run in runs)
                     rows.append({
-                        "shape": "bench", "seconds": duration, "budget": budget, "extraction": setting,
+                        "shape": shape, "seconds": duration, "budget": budget, "extraction": setting,
                         "frames": len(video.frames), "frame_size": list(video.frames.shape[1:3]),
                         "vision_tokens": done.tokens["video"], "kv_cache_tokens": done.tokens["kv_cache_tokens"],
                         "encode_ms": encode, "prefill_ms": round(prefill, 1),
@@ -154,6 +155,7 @@ def in_process(*args: str) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--shape", default="bench", choices=("bench", "tiny"), help="test-model shape")
     parser.add_argument("--mini", action="store_true", help="also the real Lyra-Mini ViT and LLM (a few minutes)")
     parser.add_argument("--seconds", type=float, nargs="+", default=[2.0, 4.0, 8.0])
     parser.add_argument("--budgets", type=int, nargs="+", default=[0, 1024, 256], help="0: Lyra's sampling")
@@ -167,7 +169,7 @@ def main() -> int:
         print(json.dumps(point))
         return 0
 
-    rows = bench_rows(args.seconds, [budget or None for budget in args.budgets])
+    rows = bench_rows(args.shape, args.seconds, [budget or None for budget in args.budgets])
     if args.mini:
         for budget in args.mini_budgets:
             vit = in_process("vit", "4", str(budget))
