@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +62,7 @@ PEER = {"app": "engine", "engine": "app"}  # who reads what the other sends
 # A respond payload is its parts back to back in this order; the header gives their sizes.
 RESPOND_PARTS = ("speech", "image", "text", "video")
 MAX_VIDEO_FRAMES = 64  # 32 s at the 2 frames a second the model samples; the engine keeps at most 16
+MAX_VIDEO_SECONDS = 86_400.0  # a frame's timestamp; compared, never converted, so a huge JSON integer is refused
 
 Frame = tuple[dict, bytes]
 
@@ -425,7 +425,7 @@ def video_fields(header: dict, data: bytes | None, invalid: Callable[[str], Prot
 
 
 def is_seconds(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_VIDEO_SECONDS
 
 
 def check_pcm(pcm: bytes, invalid: Callable[[str], ProtocolError]) -> None:

@@ -258,6 +258,7 @@ def frame_header(payload: bytes, **fields: object) -> dict:
     ({"parts": {"video": 4}, "video_frames": [[0, 4]] * 0}, "video_frames must list 1 to 64"),
     ({"parts": {"video": 4}, "video_frames": [[0, 1]] * (MAX_VIDEO_FRAMES + 1)}, "video_frames must list 1 to 64"),
     ({"parts": {"video": 4}, "video_frames": [[float("inf"), 4]]}, "video_frames must list"),
+    ({"parts": {"video": 4}, "video_frames": [[10**400, 4]]}, "video_frames must list"),  # no float overflow
     ({"parts": {"video": 4}, "video_frames": [[0, 0], [0, 4]]}, "video_frames must list"),
     ({"parts": {"video": 4}, "video_frames": [[0, 4]], "video_tokens": -1}, "video_tokens must be"),
     ({"video_frames": [[0, 4]]}, "video_frames given without a video part"),
