@@ -76,7 +76,7 @@ class ChatController(QObject):
     conversationsChanged = Signal()  # the sidebar's list needs refreshing
     phaseChanged = Signal(str)  # idle / thinking / speaking: where the reply is
     replyAudio = Signal(bytes, int)  # float32 PCM, rate: for the voice controller's playback
-    replyEnded = Signal(bool)  # a reply is over; True when it was cancelled or lost
+    replyEnded = Signal(str, bool)  # a reply is over: its engine turn id ("" if never sent), cut short or lost
     notice = Signal(str)
 
     def __init__(self, engine: Any, store: HistoryStore, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
@@ -93,7 +93,6 @@ class ChatController(QObject):
         self.running: Outgoing | None = None
         self.phase = "idle"
         self.keys = count(1)
-        self.prefetched: tuple[int, bytes] | None = None  # QImage.cacheKey, its PNG
         self.transcripts = Transcripts(engine, self.idle, self.set_transcript, max_new_tokens, self)
         engine.textDelta.connect(self.on_text)
         engine.audioChunk.connect(self.on_audio)
@@ -111,7 +110,7 @@ class ChatController(QObject):
         outgoing = self.show_turn(text, speech)
         if snapshot is not None:
             outgoing.user.image, outgoing.user.image_label = snapshot.image, snapshot.label
-            outgoing.image, outgoing.png = snapshot.image, snapshot.png or self.cached_png(snapshot.image)
+            outgoing.image, outgoing.png = snapshot.image, snapshot.png
         self.turnAdded.emit(outgoing.user)
         self.outbox.append(outgoing)
         if outgoing.image is not None and outgoing.png is None:
@@ -148,24 +147,6 @@ class ChatController(QObject):
     def show_image(self, view: TurnView, image: QImage) -> None:
         view.image = image
         self.turnUpdated.emit(view)
-
-    def prefetch(self, snapshot: Snapshot) -> None:
-        """Encode the picture and let the engine look at it while the user is still speaking."""
-        if snapshot.png is not None:
-            self.engine.prefetch(snapshot.png)
-            return
-        key = snapshot.image.cacheKey()
-
-        def encoded(png: bytes) -> None:
-            self.prefetched = (key, png)
-            self.engine.prefetch(png)
-
-        run_in_background(lambda: png_from_qimage(snapshot.image), encoded)
-
-    def cached_png(self, image: QImage) -> bytes | None:
-        if self.prefetched is not None and self.prefetched[0] == image.cacheKey():
-            return self.prefetched[1]
-        return None
 
     def encoded(self, outgoing: Outgoing, png: bytes | None, failure: str = "") -> None:
         if failure:
@@ -306,7 +287,7 @@ class ChatController(QObject):
         if outgoing.speech is not None:
             self.transcripts.add(outgoing.user, outgoing.speech)
         self.set_phase("idle")
-        self.replyEnded.emit(interrupted)
+        self.replyEnded.emit(outgoing.engine_id or "", interrupted)
 
     def add_voice_timings(self, turn_id: str, timings_ms: dict, interrupted: bool = False) -> None:
         """The voice loop's latency telemetry for a spoken turn (speech end → request → first text →

@@ -72,8 +72,6 @@ def run(args: argparse.Namespace) -> int:
     max_new_tokens = args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     voice = None if args.no_voice else voice_loop(engine, prefs, max_new_tokens)
     window = MainWindow(engine, store, settings, model=model, voice=voice, max_new_tokens=max_new_tokens)
-    if voice is not None:  # the picture attached to a spoken turn: whatever the window's context shows
-        voice.controller.visual_context = window.context.picture
     if args.print_shown:
         window.winId()  # creates the native window, so its first expose can be watched
         marker = FirstExpose(started)

@@ -9,17 +9,15 @@ connecting its own Qt signals to them, so calls from its audio threads arrive on
     controller.levelChanged.connect(window.set_mic_level)      # inside attach: dBFS per frame
     controller.stateChanged.connect(window.set_voice_state)
 
-A turn reaches the engine one of two ways, whichever suits the controller:
-
-- the window sends it: the controller reports `on_speech_started` (the window freezes the
-  picture and prefetches it) and `on_speech_ended(pcm, rate)`; reply audio comes back through
-  `play`; or
-- the controller sends it (engine.respond, as app/voice_controller.py does) and reports
-  `on_turn_sent(turn_id, pcm, rate, image)`; the window shows and stores the turn and follows
-  its reply through the engine's signals (the controller plays the audio itself; `play` is a no-op).
+The controller sends spoken turns itself (engine.respond, as app/voice_controller.py does), with
+the picture `window.picture()` gives at speech start, and reports each with `on_turn_sent(turn_id,
+pcm, rate, image)`; the window shows and stores the turn and follows its reply through the
+engine's signals (the controller plays that reply itself). Typed turns are the window's; their
+reply audio reaches the controller through `play`, and `end_playback` when they end.
 
 Barge-in is the controller's call (it knows the setting and whether its own playback is
-audible): when it reports speech while a reply is running, the window cancels that reply.
+audible): it cancels its own reply at once; a typed reply is cancelled when the spoken turn is
+sent, and its audio stops then.
 """
 
 from __future__ import annotations
@@ -28,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from app.settings import Preferences
+    from app.visual.context import Picture
 
 STATES = ("idle", "listening", "user speaking", "thinking", "speaking")  # what the window's indicator shows
 
@@ -37,10 +36,8 @@ class VoiceSink(Protocol):
 
     def set_mic_level(self, db: float) -> None: ...  # the meter; dBFS, -100 for silence
     def set_voice_state(self, state: str) -> None: ...  # one of STATES
-    def on_speech_started(self) -> None: ...  # freezes the visual context for the turn; cancels a running reply
-    def on_speech_ended(self, pcm: bytes, rate: int) -> None: ...  # int16 mono speech: sends the turn
-    def on_speech_discarded(self) -> None: ...  # too short to send (a cough): drops the frozen frame
-    def on_turn_sent(self, turn_id: str, pcm: bytes, rate: int, image: bytes | None) -> None: ...  # sent itself
+    def picture(self) -> Picture | None: ...  # what a turn starting now carries (PNG encoding on a worker)
+    def on_turn_sent(self, turn_id: str, pcm: bytes, rate: int, image: bytes | None) -> None: ...  # int16 speech
     def on_voice_turn_finished(self, turn_id: str, timings_ms: dict,  # its latency telemetry; whether its
                                interrupted: bool) -> None: ...  # playback was cut (spoken over, engine died)
     def show_notice(self, message: str) -> None: ...  # one line in the status area (device lost, …)
@@ -53,9 +50,9 @@ class VoiceController(Protocol):
     def set_hands_free(self, on: bool) -> None: ...  # False: push-to-talk
     def press_to_talk(self) -> None: ...  # Space held (push-to-talk)
     def release_to_talk(self) -> None: ...
-    def play(self, pcm: bytes, rate: int) -> None: ...  # reply audio as it streams: float32 LE mono
+    def play(self, pcm: bytes, rate: int) -> None: ...  # a typed turn's reply audio as it streams: float32 LE
     def stop_playback(self) -> None: ...  # stop button
-    def end_playback(self, interrupted: bool) -> None: ...  # a reply ended: play out the rest, or cut it
+    def end_playback(self, turn_id: str, interrupted: bool) -> None: ...  # a reply ended: play out the rest, or cut it
     def apply_preferences(self, prefs: Preferences) -> None: ...  # devices, sensitivity, barge-in, output
     def shutdown(self) -> None: ...
 

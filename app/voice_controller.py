@@ -396,6 +396,7 @@ class VoiceController(QObject):
     def send(self, outgoing: Outgoing) -> None:
         if self.turn is not None:
             self.interrupt()  # the engine runs one turn at a time; the newest input wins
+        self.playback.stop()  # a typed turn's reply may be sounding: the newest input wins the speaker too
         picture, pcm = outgoing.picture, outgoing.pcm
         if picture is not None and picture.failure:
             self.notice.emit(f"The picture could not be encoded ({picture.failure}); the turn was sent without it.")
@@ -531,6 +532,7 @@ class WindowVoice(QObject):
         controller.stateChanged.connect(window.set_voice_state)
         controller.notice.connect(window.show_notice)
         controller.turnSent.connect(window.on_turn_sent)
+        controller.visual_context = window.picture
         controller.turnFinished.connect(lambda turn_id, record: window.on_voice_turn_finished(
             turn_id, record["timings_ms"], record["interrupted"]))
         controller.start()
@@ -554,10 +556,13 @@ class WindowVoice(QObject):
     def stop_playback(self) -> None:
         self.controller.stop()  # silences the speaker whichever turn it was playing
 
-    def end_playback(self, interrupted: bool) -> None:
+    def end_playback(self, turn_id: str, interrupted: bool) -> None:
+        own = self.controller.turn
+        if own is not None and own.id != turn_id:
+            return  # a reply the controller's newer turn superseded: the speaker is the new turn's now
         if interrupted:
             self.stop_playback()
-        elif self.controller.turn is None:  # a typed reply (the controller ends its own): play out its tail
+        elif own is None:  # a typed reply (the controller ends its own): play out its tail
             self.controller.playback.finish()
 
     def apply_preferences(self, prefs: Preferences) -> None:

@@ -142,9 +142,9 @@ def stall_run(work: Path, model: Path, tokens: int) -> dict:
     window.send_typed()
     started = time.perf_counter()
     ended: list[bool] = []
-    window.chat.replyEnded.connect(ended.append)
+    window.chat.replyEnded.connect(lambda _, interrupted: ended.append(interrupted))
     QTimer.singleShot(180_000, app.quit)
-    window.chat.replyEnded.connect(lambda _: QTimer.singleShot(500, app.quit))  # and half a second of preview
+    window.chat.replyEnded.connect(lambda *_: QTimer.singleShot(500, app.quit))  # and half a second of preview
     app.exec()
     probe.stop()
     finished = time.perf_counter()

@@ -76,9 +76,10 @@ def main() -> int:
         lambda: window.send_text(QUESTION),
         lambda: engine.reply(ANSWER, audio_seconds=7.4),
         lambda: window.set_voice_state("listening"),
-        lambda: window.on_speech_started(),
-        lambda: window.on_speech_ended((tone(2.3) * 32767).astype("<i2").tobytes(), 16000),
-        lambda: window.chat.set_transcript(max(window.view.widgets), FOLLOW_UP),
+        lambda: window.set_voice_state("thinking"),
+        lambda: window.on_turn_sent(engine.respond(tone(2.3).tobytes(), 16000, None, None, 512),  # as the
+                                    (tone(2.3) * 32767).astype("<i2").tobytes(), 16000, None),  # controller does
+        lambda: window.chat.set_transcript(window.chat.views[max(window.view.widgets)], FOLLOW_UP),
         lambda: [engine.textDelta.emit(engine.requests[-1].turn_id, word + " ") for word in STREAMING.split()],
         lambda: window.set_voice_state("speaking"),
         lambda: window.set_mic_level(-38.0),

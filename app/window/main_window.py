@@ -39,7 +39,7 @@ from app.model_manager import ModelManager
 from app.settings import Preferences, load_preferences, save_preferences
 from app.visual import screen as screens
 from app.visual.camera import Camera
-from app.visual.context import Snapshot, VisualContext
+from app.visual.context import Picture, VisualContext
 from app.visual.image_input import ImageInput
 from app.voice import STATES, VoiceController, combined_state
 from app.window.controls import LevelMeter, MessageBox, StateIndicator
@@ -83,7 +83,6 @@ class MainWindow(QMainWindow):
         self.providers = providers or DeviceProviders()
         self.voice = voice
         self.voice_state = "idle"
-        self.frozen: Snapshot | None = None  # the picture current when the user started speaking
         self.model = model or self.model_from(self.prefs)
         self.engine_started = False
         self.picker: RegionPicker | None = None
@@ -297,24 +296,9 @@ class MainWindow(QMainWindow):
         if state in RESTING:
             self.chat.transcripts.pump()
 
-    @Slot()
-    def on_speech_started(self) -> None:
-        self.frozen = self.context.snapshot()
-        if self.frozen is not None and self.model is not None:
-            self.chat.prefetch(self.frozen)
-        self.chat.cancel_reply()  # the controller reports speech over a reply only when barge-in is on
-
-    @Slot(bytes, int)
-    def on_speech_ended(self, pcm: bytes, rate: int) -> None:
-        snapshot, self.frozen = self.frozen, None
-        if self.model is None:
-            self.show_notice("There is no model to answer yet; see the notice above.")
-            return
-        self.chat.send(speech=Clip(np.frombuffer(pcm, dtype="<i2"), rate), snapshot=snapshot)
-
-    @Slot()
-    def on_speech_discarded(self) -> None:
-        self.frozen = None
+    def picture(self) -> Picture | None:
+        """What a turn starting now carries: the visual context's picture, encoding on a worker."""
+        return self.context.picture()
 
     @Slot(str, bytes, int, object)
     def on_turn_sent(self, turn_id: str, pcm: bytes, rate: int, image: bytes | None) -> None:

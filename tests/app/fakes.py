@@ -129,7 +129,7 @@ class FakeVoice:
     def stop_playback(self) -> None:
         self.stops += 1
 
-    def end_playback(self, interrupted: bool) -> None:
+    def end_playback(self, turn_id: str, interrupted: bool) -> None:
         self.ends.append(interrupted)
 
     def apply_preferences(self, prefs: object) -> None:

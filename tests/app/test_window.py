@@ -6,7 +6,6 @@ import io
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 from PySide6.QtCore import QMimeData, QPointF, QSettings, Qt, QUrl
@@ -21,12 +20,17 @@ from PySide6.QtWidgets import (
     QProgressBar,
 )
 
+from app.audio.capture import Capture
+from app.audio.endpointer import SpeechEnded, SpeechStarted
+from app.audio.playback import Playback
 from app.devices import DeviceProviders
 from app.history import DB_NAME, HistoryStore
 from app.model_manager import ModelRow
 from app.settings import load_preferences
+from app.voice_controller import Heard, VoiceController, WindowVoice
 from app.window import MainWindow, ModelChoice
 from app.window.settings_dialog import SettingsDialog
+from tests.app.audio.fake_sounddevice import FakeSoundDevice, device
 from tests.app.fakes import FakeEngine, FakeModelManager, FakeVoice
 from tests.app.video import write_test_video
 from tests.signals import tone
@@ -40,11 +44,12 @@ MODEL = ModelChoice("/models/Lyra_Test", "fp32", "cpu")
 def make_window(qtbot, tmp_path: Path) -> Callable[..., MainWindow]:
     stores: list[HistoryStore] = []
 
-    def make(voice: FakeVoice | None = None, model: ModelChoice | None = MODEL) -> MainWindow:
+    def make(voice: VoiceController | None = None, model: ModelChoice | None = MODEL,
+             engine: FakeEngine | None = None) -> MainWindow:
         store = HistoryStore.open(tmp_path / "data")
         stores.append(store)
         settings = QSettings(str(tmp_path / "data" / "settings.ini"), QSettings.Format.IniFormat)
-        window = MainWindow(FakeEngine(), store, settings, providers=PROVIDERS, voice=voice, model=model,
+        window = MainWindow(engine or FakeEngine(), store, settings, providers=PROVIDERS, voice=voice, model=model,
                             models=FakeModelManager(), max_new_tokens=8)
         qtbot.addWidget(window)
         window.show()
@@ -342,21 +347,17 @@ def test_the_voice_controller_drives_the_window(qtbot, make_window, tmp_path: Pa
 
     drop_files(qtbot, window, png_file(tmp_path / "before.png", (200, 0, 0)))
     window.set_voice_state("user speaking")
-    window.on_speech_started()  # the picture is fixed now ...
-    assert window.indicator.state == "user speaking" and color_of(engine.prefetched[0]) == (200, 0, 0)
-    drop_files(qtbot, window, png_file(tmp_path / "after.png", (0, 0, 200)))  # ... not when speech ends
-    speech = (tone(1.0) * 32767).astype("<i2")
-    window.set_voice_state("listening")
-    window.on_speech_ended(speech.tobytes(), 16000)
-    request = engine.requests[0]
-    assert color_of(request.image) == (200, 0, 0) and request.text is None
-    pcm = np.frombuffer(request.pcm, dtype="<f4")
-    assert len(pcm) == 16000 and np.allclose(pcm, speech / 32768.0)
+    assert window.indicator.state == "user speaking" and color_of(window.picture().png) == (200, 0, 0)
+    speech = (tone(1.0) * 32767).astype("<i2").tobytes()
+    window.set_voice_state("thinking")
+    window.on_turn_sent(engine.respond(speech, 16000, None, None, 8), speech, 16000, None)  # as the controller does
 
     user = next(iter(window.view.widgets.values()))
     assert "voice 1.0 s" in user.header.text() and user.transcript.isHidden()
+    window.set_voice_state("speaking")
     engine.reply("A red square.")
-    assert voice.played and voice.ends == [False] and window.indicator.state == "listening"
+    window.set_voice_state("listening")
+    assert voice.ends == [False] and window.indicator.state == "listening"
     window.chat.set_transcript(window.chat.views[min(window.view.widgets)], "What is this?")
     assert user.transcript.text() == "“What is this?”"
     stored = window.store.turns(window.chat.conversation.id)[0]
@@ -426,12 +427,36 @@ def test_with_a_voice_loop_a_transcription_waits_until_the_reply_has_been_played
     window.set_voice_state("listening")
     assert [request.rate for request in engine.transcriptions] == [16000]
 
-def test_speech_over_a_reply_cancels_it(make_window) -> None:
-    window = make_window(FakeVoice())
-    window.send_text("Talk to me")
-    window.engine.textDelta.emit(window.engine.requests[0].turn_id, "Sure, ")
-    window.on_speech_started()
-    assert window.engine.cancelled == [window.engine.requests[0].turn_id]
+def test_speaking_over_a_typed_reply_cancels_it_and_the_speech_is_answered(qtbot, make_window,
+                                                                           tmp_path: Path) -> None:
+    """The spoken turn takes the production path: listener events into the real voice controller, which
+    sends the turn with the window's picture and hands it to the window (as app/gui.py wires them)."""
+    engine = FakeEngine()
+    sd = FakeSoundDevice([device("speaker", outputs=1, rate=16000), device("mic", inputs=1, rate=16000)],
+                         default=(1, 0))
+    controller = VoiceController(engine, Playback(sd), lambda: Capture(sd))
+    window = make_window(WindowVoice(controller), engine=engine)
+    window.send_text("Tell me a story")
+    typed = engine.requests[0].turn_id
+    engine.textDelta.emit(typed, "Once ")
+    engine.audioChunk.emit(typed, (0.1 * tone(1.0)).astype("<f4").tobytes(), 16000)
+    assert controller.playback.buffered > 0  # the typed reply is on the speaker
+
+    drop_files(qtbot, window, png_file(tmp_path / "seen.png", (200, 0, 0)))
+    speech = (tone(1.0) * 32767).astype("<i2").tobytes()
+    controller.on_heard(Heard(SpeechStarted(0.0), 100.0, 0.2))
+    assert [color_of(png) for png in engine.prefetched] == [(200, 0, 0)]  # ahead, while the user talks
+    controller.on_heard(Heard(SpeechEnded(speech, 0.0, 1.0, "silence", 0.0), 100.8, 1.0))
+    spoken = engine.requests[1]
+    assert color_of(spoken.image) == (200, 0, 0) and spoken.text is None
+    assert engine.cancelled == [typed] and controller.playback.buffered == 0  # the typed reply, not the speech
+    engine.reply("Once", cancelled=True, turn_id=typed)  # the engine confirms the cancel
+    engine.reply("A red square.", turn_id=spoken.turn_id)
+    stored = window.store.turns(window.chat.conversation.id)
+    assert [(turn.role, turn.text.strip(), turn.interrupted) for turn in stored] == [
+        ("user", "Tell me a story", False), ("assistant", "Once", True), ("user", "", False),
+        ("assistant", "A red square.", False)]
+    assert stored[2].audio_seconds == pytest.approx(1.0) and window.store.path(stored[2].image_file).is_file()
 
 
 def test_push_to_talk_with_space_when_the_text_box_is_not_focused(qtbot, make_window) -> None:

@@ -537,6 +537,9 @@ class RecordingWindow:
     def on_voice_turn_finished(self, turn_id: str, timings_ms: dict, interrupted: bool) -> None:
         self.timings[turn_id] = timings_ms
 
+    def picture(self) -> Picture:
+        return Picture(b"the window's picture")
+
 
 def test_window_voice_reports_sent_turns_and_plays_only_typed_replies(make_rig) -> None:
     rig = make_rig()
@@ -544,7 +547,7 @@ def test_window_voice_reports_sent_turns_and_plays_only_typed_replies(make_rig) 
     voice.attach(window)  # starts listening
     rig.say(np.concatenate([quiet(0.5), speech(1.0), quiet(1.2)]))
     rig.wait_requests(1)
-    assert window.sent == [("t1", 16000, b"frame 1")] and window.states[-1] == "thinking"
+    assert window.sent == [("t1", 16000, b"the window's picture")] and window.states[-1] == "thinking"
     voice.play(reply(0.5), 16000)  # the window echoing the spoken turn's reply: already played by the controller
     assert rig.playback.buffered == 0
     rig.engine.turnDone.emit("t1", {"text": "", "timings_ms": {}, "cancelled": False})
@@ -555,7 +558,7 @@ def test_window_voice_reports_sent_turns_and_plays_only_typed_replies(make_rig) 
     assert rig.playback.buffered / 16000 == pytest.approx(0.5, abs=0.02)  # the fake speaker runs at 16 kHz
     rig.pull(30)  # the engine is slower than the speaker: it runs dry and waits for more
     voice.play(reply(0.05), 16000)  # the reply's last words, less than the jitter buffer's prebuffer
-    voice.end_playback(interrupted=False)
+    voice.end_playback("typed", interrupted=False)
     tail = rig.play_out()
     assert np.abs(tail).max() > 0.04 and not rig.playback.playing  # played out, and the speaker is free
     voice.set_hands_free(False)
