@@ -10,8 +10,10 @@ and the next load takes them from it instead of quantizing again.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import logging
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ SPEECH_TOWER = "model.speech_tower.speech_tower."
 
 logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
 log = logging.getLogger(__name__)
+LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
 
 
 @dataclass
@@ -214,12 +217,25 @@ def load_weights(model: LyraModel, files: CheckpointFiles, index: dict[str, Tens
             if "weight" in parts and ("bias" in parts or linear.bias is None):
                 quantized = quantized_linear(parts["weight"], parts.get("bias"), fmt, precision)
                 replace_module(model, module_name, quantized)
-                del pending[module_name]
+                del pending[module_name], parts
+                release_freed_memory()
         else:
             set_parameter(model, target, tensor.to(precision.device, precision.dtype))
     if tied:
         model.lm_head.weight = model.llm.embed_tokens.weight
     return report
+
+
+def release_freed_memory() -> None:
+    """Give the heap's free pages back to the system (glibc only; elsewhere nothing to do).
+
+    Quantizing a layer makes temporaries several times its fp32 size (bitsandbytes' CPU kernel computes
+    in fp32); glibc keeps the freed blocks between the small packed weights it allocated meanwhile,
+    so without this a load's resident memory drifts above its weights layer after layer.
+    """
+    trim = getattr(LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def load_module(module: nn.Module, tensors: dict[str, torch.Tensor], precision: Precision, what: str) -> None:

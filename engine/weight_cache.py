@@ -103,8 +103,8 @@ class CachedLayers:
             raise DamagedCache(f"{self.path}: no entry for {layer}")
         state = {}
         for key, digest in digests.items():
-            try:
-                tensor = self.handle.get_tensor(f"{layer}.{key}")
+            try:  # copied out of the file's mapping: the bytes checked are the bytes used, whatever the file does next
+                tensor = self.handle.get_tensor(f"{layer}.{key}").clone()
             except (SafetensorError, OSError, RuntimeError) as err:
                 raise DamagedCache(f"{self.path}: {layer}.{key} unreadable ({err})") from err
             if tensor_digest(tensor) != digest:
