@@ -27,6 +27,7 @@ from app.transcripts import Transcripts
 from app.visual.context import Snapshot
 from app.visual.frames import png_from_qimage
 from app.workers import run_in_background
+from engine.protocol import SAMPLE_RATE
 
 DEFAULT_MAX_NEW_TOKENS = 512
 T = TypeVar("T")
@@ -64,7 +65,7 @@ class Outgoing:
     engine_id: str | None = None
     reply: TurnView | None = None
     chunks: list[bytes] = field(default_factory=list)
-    rate: int = 16000
+    rate: int = SAMPLE_RATE
     cancelled: bool = False
     spoken: bool = False  # sent by the voice controller, which plays the reply itself (and stops it on barge-in)
 
@@ -180,7 +181,7 @@ class ChatController(QObject):
         self.store_user_turn(outgoing)
         speech = outgoing.speech
         outgoing.engine_id = self.engine.respond(speech.float32_bytes() if speech else None,
-                                                 speech.rate if speech else 16000, outgoing.png, outgoing.text,
+                                                 speech.rate if speech else SAMPLE_RATE, outgoing.png, outgoing.text,
                                                  self.max_new_tokens)
         self.running = outgoing
         self.set_phase("thinking")

@@ -27,14 +27,29 @@ from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signa
 from PySide6.QtNetwork import QAbstractSocket, QHostAddress, QTcpSocket
 
 from engine.protocol import (
+    EVENTS,
     PORT_ANNOUNCEMENT,
-    REQUIRED,
     TOKEN_ENV,
+    AudioChunkEvent,
+    CancelRequest,
+    ErrorEvent,
     FrameDecoder,
+    LoadModelRequest,
+    ModelLoadedEvent,
+    PingRequest,
+    PongEvent,
+    PrefetchedEvent,
+    PrefetchRequest,
+    ProgressEvent,
     ProtocolError,
+    ResetRequest,
     RespondRequest,
+    ShutdownRequest,
+    TextDeltaEvent,
     TranscribeRequest,
-    encode_frame,
+    TranscriptEvent,
+    TurnDoneEvent,
+    decode_message,
     hello_frame,
 )
 
@@ -69,6 +84,7 @@ def signal_name(number: int) -> str:
 class EngineClient(QObject):
     ready = Signal()  # the engine process is up and connected (no model needed)
     progress = Signal(str, float)  # stage, fraction done
+    prefetched = Signal(str)  # prefetch id: the engine has encoded the picture and prefilled up to it
     modelLoaded = Signal(dict)  # model, precision, device, load_ms
     textDelta = Signal(str, str)  # turn id, text
     audioChunk = Signal(str, bytes, int)  # turn id, float32 little-endian PCM, sample rate
@@ -133,8 +149,7 @@ class EngineClient(QObject):
     def load_model(self, path: str | Path, precision: str | None = None, device: str | None = None) -> str:
         """Load a model folder (None: the engine's defaults, nf4 on CUDA); progress, then modelLoaded."""
         request_id = new_id()
-        self.model_frame = encode_frame({"type": "load_model", "id": request_id, "model": str(path),
-                                         "precision": precision, "device": device})
+        self.model_frame = LoadModelRequest(request_id, str(path), precision, device).encode()
         if self.verified:
             self.write(self.model_frame)
         return request_id  # not ready yet: the model goes first once the engine is
@@ -156,26 +171,26 @@ class EngineClient(QObject):
     def prefetch(self, image: bytes) -> str:
         """Let the engine encode the image the next turn is likely to carry, while the user speaks."""
         request_id = new_id()
-        self.send(encode_frame({"type": "prefetch", "id": request_id}, image))
+        self.send(PrefetchRequest(request_id, image).encode())
         return request_id
 
     def cancel(self, turn_id: str) -> None:
-        self.send(encode_frame({"type": "cancel", "id": turn_id}))
+        self.send(CancelRequest(turn_id).encode())
 
     def reset(self) -> None:
         """Make the engine forget the conversation (the app's history is unaffected)."""
-        self.send(encode_frame({"type": "reset", "id": new_id()}))
+        self.send(ResetRequest(new_id()).encode())
 
     def ping(self) -> str:
         request_id = new_id()
-        self.send(encode_frame({"type": "ping", "id": request_id}))
+        self.send(PingRequest(request_id).encode())
         return request_id
 
     def shutdown(self) -> None:
         """Stop the engine for good; blocks up to a few seconds, then kills it."""
         self.stopping = True
         if self.verified:
-            self.write(encode_frame({"type": "shutdown", "id": new_id()}))
+            self.write(ShutdownRequest(new_id()).encode())
             self.socket.flush()
         else:  # not serving this app yet: it holds nothing worth a graceful end
             self.process.kill()
@@ -271,32 +286,40 @@ class EngineClient(QObject):
         if not self.verified:
             self.greet(header)
             return
-        kind, frame_id = header["type"], header["id"]
-        body = {name: value for name, value in header.items() if name not in REQUIRED}
-        if kind == "pong":
-            self.pong.emit(frame_id)
-        elif kind == "progress":
-            self.progress.emit(str(body.get("stage", "")), float(body.get("fraction", 0.0)))
-        elif kind == "model_loaded":
-            self.crashes = 0
-            self.modelLoaded.emit(body)
-        elif kind == "text_delta":
-            self.textDelta.emit(frame_id, str(body.get("text", "")))
-        elif kind == "audio_chunk":
-            self.audioChunk.emit(frame_id, payload, int(body.get("sample_rate", 16000)))
-        elif kind == "turn_done":
-            self.crashes = 0
-            self.turnDone.emit(frame_id, body)
-        elif kind == "transcript":
-            self.transcriptions.discard(frame_id)
-            self.transcribed.emit(frame_id, body)
-        elif kind == "error" and frame_id in self.transcriptions:  # background work: not the user's business
-            self.transcriptions.discard(frame_id)
-            self.transcribed.emit(frame_id, {"error": str(body.get("message", "unknown engine error"))})
-        elif kind == "error":
-            self.error.emit(frame_id, str(body.get("message", "unknown engine error")))
-        else:
-            self.error.emit(frame_id, f"the engine sent a {kind!r} request; this app version cannot handle it")
+        if header["type"] not in EVENTS:
+            self.error.emit(header["id"], f"the engine sent a {header['type']!r} request; this app version cannot "
+                                          "handle it")
+            return
+        try:
+            event = decode_message(header, payload)
+        except ProtocolError as err:
+            self.error.emit(err.frame_id, f"bad message from the engine: {err}")
+            return
+        match event:
+            case PongEvent():
+                self.pong.emit(event.id)
+            case ProgressEvent():
+                self.progress.emit(event.stage, float(event.fraction))
+            case PrefetchedEvent():
+                self.prefetched.emit(event.id)
+            case ModelLoadedEvent():
+                self.crashes = 0
+                self.modelLoaded.emit(event.body())
+            case TextDeltaEvent():
+                self.textDelta.emit(event.id, event.text)
+            case AudioChunkEvent():
+                self.audioChunk.emit(event.id, event.pcm, event.sample_rate)
+            case TurnDoneEvent():
+                self.crashes = 0
+                self.turnDone.emit(event.id, event.body())
+            case TranscriptEvent():
+                self.transcriptions.discard(event.id)
+                self.transcribed.emit(event.id, event.body())
+            case ErrorEvent() if event.id in self.transcriptions:  # background work: not the user's business
+                self.transcriptions.discard(event.id)
+                self.transcribed.emit(event.id, {"error": event.message})
+            case ErrorEvent():
+                self.error.emit(event.id, event.message)
 
     def on_finished(self, code: int, status: QProcess.ExitStatus) -> None:
         self.socket.abort()

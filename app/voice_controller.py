@@ -32,7 +32,6 @@ from app.audio.echo import CANCELLED_DB, EchoCanceller, make_echo_canceller
 from app.audio.endpointer import (
     ECHO_GAIN_DB,
     PRESETS,
-    SAMPLE_RATE,
     SILENT_DB,
     Endpointer,
     Event,
@@ -44,6 +43,7 @@ from app.audio.endpointer import (
 from app.audio.listener import Listener, Notice
 from app.audio.playback import Playback
 from app.visual.context import Picture
+from engine.protocol import SAMPLE_RATE
 
 if TYPE_CHECKING:
     from app.engine_client import EngineClient

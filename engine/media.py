@@ -23,8 +23,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from engine.errors import OmnivoxError
+from engine.protocol import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 CLIP_SAMPLES = 30 * SAMPLE_RATE  # Whisper's fixed 30 s window
 # The ChatML prompt is cut at 16384 tokens and speech costs 300 tokens per 30 s clip, so beyond
 # ~25 minutes the question would no longer fit.

@@ -15,22 +15,27 @@ dropped) and the connection goes on. When it is not (a header over 64 KB or nest
 The app's first frame is `hello {token}`: the start token the app handed its engine process in
 the environment variable OMNIVOX_ENGINE_TOKEN. The engine answers `ready` only to that frame.
 
-Requests (app → engine; `id` names the request, or the turn for respond and cancel):
-  hello {token} (the first frame, and only there)
-  load_model {model, precision, device, vocoder}   prefetch + image bytes   ping   reset   shutdown
-  respond {parts, sample_rate, max_new_tokens, speak, video_frames, video_tokens} + speech PCM, image, UTF-8 text,
-    video frames (RespondRequest; a video is encoded frames back to back, video_frames = [[seconds, bytes], …])
-  transcribe {sample_rate, max_new_tokens} + speech PCM (TranscribeRequest)
-  cancel (id = the turn or transcription to stop)
+Each request and event is one dataclass below (`decode_message` turns a frame into one, checking
+every field's type; `encode` makes its frame). Requests (app → engine; `id` names the request, or
+the turn for respond and cancel):
+  hello {token} (the first frame, and only there)          HelloRequest
+  load_model {model, precision, device, vocoder}            LoadModelRequest
+  prefetch + image bytes                                     PrefetchRequest
+  respond {parts, sample_rate, max_new_tokens, speak, video_frames, video_tokens} + speech PCM, image,
+    UTF-8 text, video frames (a video is encoded frames back to back, video_frames = [[seconds, bytes], …])
+                                                             RespondRequest
+  transcribe {sample_rate, max_new_tokens} + speech PCM     TranscribeRequest
+  cancel (id = the turn or transcription to stop)   ping   reset   shutdown
 Events (engine → app; `id` is the request or turn they answer, "" for none):
   ready {pid, protocol}   progress {stage, fraction}   model_loaded {model, precision, device, load_ms}
-  text_delta {text}   audio_chunk {sample_rate, samples} + PCM   pong   error {message}
-  turn_done {text, audio_seconds, timings_ms, tokens, adapter, cancelled}
-  transcript {text, cancelled}
+  prefetched (the picture is encoded and prefilled)   text_delta {text}
+  audio_chunk {sample_rate, samples} + PCM   turn_done {text, audio_seconds, timings_ms, tokens, adapter,
+  cancelled}   transcript {text, cancelled}   pong   error {message}
 
 Versions: 2 added transcribe and transcript; 3 added hello, which the engine requires first, so an
-app older than 3 cannot reach it (the two ship together). Otherwise a peer only refuses frames
-newer than its own version: an engine of version 3 reads the other frames of versions 1 and 2.
+app older than 3 cannot reach it (the two ship together); 4 added prefetched (a prefetch was
+acknowledged by a progress event before). Otherwise a peer only refuses frames newer than its own
+version: an engine of version 4 reads the other frames of versions 1 to 3.
 """
 
 from __future__ import annotations
@@ -39,10 +44,11 @@ import hmac
 import json
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import BinaryIO, NoReturn
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, BinaryIO, ClassVar, NoReturn
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
+SAMPLE_RATE = 16000  # Hz: speech on the wire, and the app's audio from microphone to speaker (Whisper's rate)
 PORT_ANNOUNCEMENT = "OMNIVOX_ENGINE_PORT"  # first stdout line of the engine process, then the port
 TOKEN_ENV = "OMNIVOX_ENGINE_TOKEN"  # the app's start token, in the engine process's environment (never argv)
 MAX_HEADER = 64 * 1024
@@ -53,10 +59,6 @@ MAX_PAYLOAD = 256 * 1024 * 1024  # 25 min of speech is 96 MB of float32; a scree
 PREFIX = struct.Struct(">I")
 REQUIRED = ("v", "type", "id", "payload_size")
 
-REQUESTS = frozenset({"hello", "load_model", "prefetch", "respond", "transcribe", "cancel", "reset", "shutdown",
-                      "ping"})
-EVENTS = frozenset({"ready", "progress", "text_delta", "audio_chunk", "turn_done", "transcript", "error", "pong",
-                    "model_loaded"})
 PEER = {"app": "engine", "engine": "app"}  # who reads what the other sends
 
 # A respond payload is its parts back to back in this order; the header gives their sizes.
@@ -316,13 +318,176 @@ class FrameDecoder:
         raise err
 
 
+FIELD_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {  # a field's annotation: its check, in words
+    "str": (lambda value: isinstance(value, str), "a string"),
+    "str | None": (lambda value: value is None or isinstance(value, str), "a string or null"),
+    "int": (lambda value: is_count(value), "a non-negative integer"),
+    "float": (lambda value: isinstance(value, int | float) and not isinstance(value, bool), "a number"),
+    "bool": (lambda value: isinstance(value, bool), "true or false"),
+    "dict": (lambda value: isinstance(value, dict), "a JSON object"),
+}
+
+
+@dataclass(frozen=True)
+class Message:
+    """A request or event whose fields but `id` (and the payload field, if any) are its header's fields."""
+
+    kind: ClassVar[str]
+    payload_field: ClassVar[str | None] = None
+    id: str
+
+    def body(self) -> dict[str, Any]:
+        """The header fields, as the frame carries them."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("id", self.payload_field)}
+
+    def encode(self) -> bytes:
+        payload = getattr(self, self.payload_field) if self.payload_field else b""
+        return encode_frame({"type": self.kind, "id": self.id, **self.body()}, payload)
+
+    @classmethod
+    def decode(cls, header: dict, payload: bytes) -> Message:
+        frame_id, values = header["id"], {}
+        for f in fields(cls):
+            if f.name == "id":
+                continue
+            if f.name == cls.payload_field:
+                values[f.name] = payload
+                continue
+            value = header.get(f.name, f.default)
+            check, wanted = FIELD_TYPES[f.type]
+            if value is MISSING or not check(value):
+                got = "nothing" if value is MISSING else short(value)
+                raise ProtocolError(f"{cls.kind} {frame_id}: {f.name} must be {wanted}, got {got}", frame_id)
+            values[f.name] = value
+        if payload and cls.payload_field is None:
+            raise ProtocolError(f"{cls.kind} {frame_id}: carries no payload, got {len(payload)} bytes", frame_id)
+        return cls(frame_id, **values)
+
+
+@dataclass(frozen=True)
+class HelloRequest(Message):
+    kind = "hello"
+    token: str
+
+
+@dataclass(frozen=True)
+class LoadModelRequest(Message):
+    kind = "load_model"
+    model: str = ""  # the folder; the engine refuses an empty one
+    precision: str | None = None  # None: the engine's default (nf4 on CUDA)
+    device: str | None = None
+    vocoder: str | None = None  # a folder; None: the model's vocoder/ sub-folder
+
+
+@dataclass(frozen=True)
+class PrefetchRequest(Message):
+    """The picture the next turn will likely carry: encode it and prefill up to it now."""
+
+    kind = "prefetch"
+    payload_field = "image"
+    image: bytes = b""
+
+
+@dataclass(frozen=True)
+class CancelRequest(Message):
+    kind = "cancel"  # id: the turn or transcription to stop
+
+
+@dataclass(frozen=True)
+class ResetRequest(Message):
+    kind = "reset"  # the engine forgets the conversation
+
+
+@dataclass(frozen=True)
+class ShutdownRequest(Message):
+    kind = "shutdown"
+
+
+@dataclass(frozen=True)
+class PingRequest(Message):
+    kind = "ping"
+
+
+@dataclass(frozen=True)
+class ReadyEvent(Message):
+    kind = "ready"
+    pid: int
+    protocol: int
+
+
+@dataclass(frozen=True)
+class ProgressEvent(Message):
+    kind = "progress"
+    stage: str
+    fraction: float
+
+
+@dataclass(frozen=True)
+class ModelLoadedEvent(Message):
+    kind = "model_loaded"
+    model: str
+    precision: str
+    device: str
+    load_ms: float
+
+
+@dataclass(frozen=True)
+class PrefetchedEvent(Message):
+    kind = "prefetched"  # id: the prefetch's
+
+
+@dataclass(frozen=True)
+class TextDeltaEvent(Message):
+    kind = "text_delta"
+    text: str
+
+
+@dataclass(frozen=True)
+class AudioChunkEvent(Message):
+    kind = "audio_chunk"
+    payload_field = "pcm"
+    pcm: bytes = b""  # float32 little-endian mono
+    sample_rate: int = SAMPLE_RATE
+    samples: int = 0
+
+
+@dataclass(frozen=True)
+class TurnDoneEvent(Message):
+    kind = "turn_done"
+    text: str
+    audio_seconds: float
+    timings_ms: dict
+    tokens: dict
+    adapter: str | None
+    cancelled: bool
+
+
+@dataclass(frozen=True)
+class TranscriptEvent(Message):
+    kind = "transcript"
+    text: str
+    cancelled: bool
+
+
+@dataclass(frozen=True)
+class ErrorEvent(Message):
+    kind = "error"  # id: the request it concerns, "" when none
+    message: str
+
+
+@dataclass(frozen=True)
+class PongEvent(Message):
+    kind = "pong"
+
+
 @dataclass(frozen=True)
 class RespondRequest:
     """One turn as the app sends it: speech PCM, an encoded image and typed text, each optional."""
 
+    kind: ClassVar[str] = "respond"
     turn_id: str
     speech: bytes | None = None  # float32 little-endian mono PCM
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     image: bytes | None = None  # encoded PNG/JPEG/...
     text: str | None = None
     max_new_tokens: int = 256
@@ -376,9 +541,10 @@ class RespondRequest:
 class TranscribeRequest:
     """Speech to write down: answered by one `transcript` event, outside the conversation."""
 
+    kind: ClassVar[str] = "transcribe"
     request_id: str
     speech: bytes  # float32 little-endian mono PCM
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     max_new_tokens: int = 256
 
     def encode(self) -> bytes:
@@ -435,9 +601,23 @@ def check_pcm(pcm: bytes, invalid: Callable[[str], ProtocolError]) -> None:
 
 def speech_fields(header: dict, invalid: Callable[[str], ProtocolError]) -> tuple[int, int]:
     """The sample rate and token budget of a request carrying speech, checked."""
-    rate, tokens = header.get("sample_rate", 16000), header.get("max_new_tokens", 256)
+    rate, tokens = header.get("sample_rate", SAMPLE_RATE), header.get("max_new_tokens", 256)
     if not (is_count(rate) and rate > 0):
         raise invalid(f"sample_rate must be a positive integer, got {rate!r}")
     if not is_count(tokens):
         raise invalid(f"max_new_tokens must be a non-negative integer, got {tokens!r}")
     return rate, tokens
+
+
+Request = HelloRequest | LoadModelRequest | PrefetchRequest | RespondRequest | TranscribeRequest | CancelRequest \
+    | ResetRequest | ShutdownRequest | PingRequest
+Event = ReadyEvent | ProgressEvent | ModelLoadedEvent | PrefetchedEvent | TextDeltaEvent | AudioChunkEvent \
+    | TurnDoneEvent | TranscriptEvent | ErrorEvent | PongEvent
+MESSAGES: dict[str, type] = {cls.kind: cls for cls in (*Request.__args__, *Event.__args__)}
+REQUESTS = frozenset(cls.kind for cls in Request.__args__)
+EVENTS = frozenset(cls.kind for cls in Event.__args__)
+
+
+def decode_message(header: dict, payload: bytes) -> Request | Event:
+    """The request or event a frame (already checked by `parse_header`) carries; ProtocolError if malformed."""
+    return MESSAGES[header["type"]].decode(header, payload)

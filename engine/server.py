@@ -32,7 +32,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, BinaryIO
 
 from engine.errors import OmnivoxError
 from engine.protocol import (
@@ -42,11 +42,29 @@ from engine.protocol import (
     PROTOCOL_VERSION,
     REQUESTS,
     TOKEN_ENV,
+    AudioChunkEvent,
+    CancelRequest,
+    ErrorEvent,
+    HelloRequest,
+    LoadModelRequest,
+    Message,
+    ModelLoadedEvent,
+    PingRequest,
+    PongEvent,
+    PrefetchedEvent,
+    PrefetchRequest,
+    ProgressEvent,
     ProtocolError,
+    ReadyEvent,
+    ResetRequest,
     RespondRequest,
+    ShutdownRequest,
+    TextDeltaEvent,
     TranscribeRequest,
+    TranscriptEvent,
+    TurnDoneEvent,
     check_hello,
-    encode_frame,
+    decode_message,
     header_length,
     read_frame,
 )
@@ -65,8 +83,7 @@ MIN_TOKEN_CHARS = 32  # the app's token is 64 hex digits; a short one could be g
 HELLO_TIMEOUT_S = 10.0  # a connection that has not said hello by then is dropped (the app says it at once)
 MAX_GREETINGS = 32  # connections waiting to say hello; beyond this the oldest is dropped
 
-Job = tuple[str, Callable[[], None]]
-Request = TypeVar("Request", RespondRequest, TranscribeRequest)  # the request id to name in an error, the work
+Job = tuple[str, Callable[[], None]]  # the request id to name in an error, the work
 
 
 class Connection:
@@ -76,14 +93,14 @@ class Connection:
         self.sock = sock
         self.lock = threading.Lock()
 
-    def send(self, kind: str, frame_id: str, payload: bytes = b"", **fields: object) -> None:
-        data = encode_frame({"type": kind, "id": frame_id, **fields}, payload)
+    def send(self, event: Message) -> None:
+        data = event.encode()
         # OSError: the app is gone; the reader sees that too and stops the engine.
         with self.lock, contextlib.suppress(OSError):
             self.sock.sendall(data)
 
     def error(self, frame_id: str, message: str) -> None:
-        self.send("error", frame_id, message=message[:MAX_ERROR_CHARS])
+        self.send(ErrorEvent(frame_id, message[:MAX_ERROR_CHARS]))
 
 
 def digest(data: bytes) -> bytes:
@@ -123,28 +140,35 @@ class Engine:
 
     def receive(self, header: dict, payload: bytes) -> bool:
         """Handle one request; False when the app asked the engine to shut down."""
-        kind, frame_id = header["type"], header["id"]
-        if kind == "ping":
-            self.connection.send("pong", frame_id)
-        elif kind == "cancel":
-            self.cancel(frame_id)
-        elif kind == "shutdown":
-            return False
-        elif kind == "respond":
-            self.accept_turn(header, payload)
-        elif kind == "transcribe":
-            self.accept_transcription(header, payload)
-        elif kind == "load_model":
-            self.jobs.put((frame_id, lambda: self.load_model(frame_id, header)))
-        elif kind == "prefetch":
-            self.preempt_transcriptions()  # the user has started talking
-            self.jobs.put((frame_id, lambda: self.prefetch(frame_id, payload)))
-        elif kind == "reset":
-            self.jobs.put((frame_id, self.reset))
-        elif kind == "hello":
-            self.connection.error(frame_id, "hello is only the first frame; this connection is already the app's")
-        else:
-            self.connection.error(frame_id, f"{kind!r} is not a request; requests are {', '.join(sorted(REQUESTS))}")
+        if header["type"] not in REQUESTS:
+            self.connection.error(header["id"], f"{header['type']!r} is not a request; requests are "
+                                                f"{', '.join(sorted(REQUESTS))}")
+            return True
+        try:
+            request = decode_message(header, payload)
+        except ProtocolError as err:
+            self.connection.error(err.frame_id, str(err))
+            return True
+        match request:
+            case PingRequest():
+                self.connection.send(PongEvent(request.id))
+            case CancelRequest():
+                self.cancel(request.id)
+            case ShutdownRequest():
+                return False
+            case RespondRequest():
+                self.accept_turn(request)
+            case TranscribeRequest():
+                self.accept_transcription(request)
+            case LoadModelRequest():
+                self.jobs.put((request.id, lambda: self.load_model(request)))
+            case PrefetchRequest():
+                self.preempt_transcriptions()  # the user has started talking
+                self.jobs.put((request.id, lambda: self.prefetch(request)))
+            case ResetRequest():
+                self.jobs.put((request.id, self.reset))
+            case HelloRequest():
+                self.connection.error(request.id, "hello is only the first frame; this connection is already the app's")
         return True
 
     def cancel(self, turn_id: str) -> None:
@@ -160,27 +184,13 @@ class Engine:
             for cancel in self.transcriptions.values():
                 cancel.set()
 
-    def decode(self, request_type: type[Request], header: dict, payload: bytes) -> Request | None:
-        """The request in this frame, or None after telling the app why it is malformed."""
-        try:
-            return request_type.decode(header, payload)
-        except ProtocolError as err:
-            self.connection.error(err.frame_id, str(err))
-            return None
-
-    def accept_transcription(self, header: dict, payload: bytes) -> None:
-        request = self.decode(TranscribeRequest, header, payload)
-        if request is None:
-            return
+    def accept_transcription(self, request: TranscribeRequest) -> None:
         cancel = threading.Event()
         with self.turn_lock:
             self.transcriptions[request.request_id] = cancel
         self.jobs.put((request.request_id, lambda: self.transcribe(request, cancel)))
 
-    def accept_turn(self, header: dict, payload: bytes) -> None:
-        request = self.decode(RespondRequest, header, payload)
-        if request is None:
-            return
+    def accept_turn(self, request: RespondRequest) -> None:
         with self.turn_lock:
             if self.turn is not None:
                 self.connection.error(request.turn_id, f"turn {self.turn[0]} is still running; wait for its "
@@ -215,33 +225,31 @@ class Engine:
                 message = f"internal failure ({type(err).__name__}: {err})"
                 self.connection.error(frame_id, " ".join(message.split())[:MAX_ERROR_CHARS])
 
-    def load_model(self, frame_id: str, header: dict) -> None:
-        folder, mode, device, vocoder = (header.get(name) for name in ("model", "precision", "device", "vocoder"))
-        if not (isinstance(folder, str) and folder):
+    def load_model(self, request: LoadModelRequest) -> None:
+        frame_id, folder, vocoder = request.id, request.model, request.vocoder
+        if not folder:
             raise OmnivoxError("load_model needs a model folder")
-        if not all(value is None or isinstance(value, str) for value in (mode, device, vocoder)):
-            raise OmnivoxError("load_model: precision, device and vocoder must be strings or null")
         self.session = None  # free the old model before the new one takes memory
         gc.collect()
         started = time.perf_counter()
-        self.connection.send("progress", frame_id, stage="starting the model runtime", fraction=0.0)
+        self.connection.send(ProgressEvent(frame_id, "starting the model runtime", 0.0))
         from engine.loading import load_lyra  # torch and transformers load here, not at start-up
         from engine.quantize import Precision
         from engine.session import Session
 
-        precision = Precision.parse(mode, device)
-        self.connection.send("progress", frame_id, stage="reading weights", fraction=0.3)
+        precision = Precision.parse(request.precision, request.device)
+        self.connection.send(ProgressEvent(frame_id, "reading weights", 0.3))
         lyra = load_lyra(Path(folder), precision, Path(vocoder) if vocoder else None)
         self.session = Session(lyra)
-        self.connection.send("model_loaded", frame_id, model=folder, precision=precision.mode,
-                             device=str(precision.device), load_ms=round((time.perf_counter() - started) * 1000, 1))
+        self.connection.send(ModelLoadedEvent(frame_id, folder, precision.mode, str(precision.device),
+                                              round((time.perf_counter() - started) * 1000, 1)))
 
-    def prefetch(self, frame_id: str, image: bytes) -> None:
+    def prefetch(self, request: PrefetchRequest) -> None:
         """Encode the picture and prefill the prompt up to it while the user is still talking."""
         if self.session is None:
             raise OmnivoxError(NO_MODEL)
-        self.session.prefetch(self.images.decode(image))
-        self.connection.send("progress", frame_id, stage="image ready", fraction=1.0)
+        self.session.prefetch(self.images.decode(request.image))
+        self.connection.send(PrefetchedEvent(request.id))
 
     def reset(self) -> None:
         if self.session is not None:
@@ -269,7 +277,7 @@ class Engine:
                 done = self.session.transcribe(speech_of(request.speech, request.sample_rate),
                                                request.max_new_tokens, cancel)
                 text, cancelled = done.text.strip(), done.cancelled
-            self.connection.send("transcript", request.request_id, text=text, cancelled=cancelled)
+            self.connection.send(TranscriptEvent(request.request_id, text, cancelled))
         finally:
             with self.turn_lock:
                 self.transcriptions.pop(request.request_id, None)
@@ -285,15 +293,13 @@ class Engine:
         from engine.events import AudioChunk, TextDelta
 
         if isinstance(event, TextDelta):
-            self.connection.send("text_delta", turn_id, text=event.text)
+            self.connection.send(TextDeltaEvent(turn_id, event.text))
         elif isinstance(event, AudioChunk):
             pcm = np.ascontiguousarray(event.pcm, dtype="<f4")
-            self.connection.send("audio_chunk", turn_id, pcm.tobytes(), sample_rate=event.sample_rate,
-                                 samples=int(pcm.size))
+            self.connection.send(AudioChunkEvent(turn_id, pcm.tobytes(), event.sample_rate, int(pcm.size)))
         else:
-            self.connection.send("turn_done", turn_id, text=event.text, audio_seconds=event.audio_seconds,
-                                 timings_ms=event.timings_ms, tokens=event.tokens, adapter=event.adapter,
-                                 cancelled=event.cancelled)
+            self.connection.send(TurnDoneEvent(turn_id, event.text, event.audio_seconds, event.timings_ms,
+                                               event.tokens, event.adapter, event.cancelled))
 
 
 def speech_of(pcm: bytes, rate: int) -> Speech:
@@ -324,7 +330,7 @@ def serve(sock: socket.socket) -> None:
     """
     connection = Connection(sock)
     engine = Engine(connection)
-    connection.send("ready", "", pid=os.getpid(), protocol=PROTOCOL_VERSION)
+    connection.send(ReadyEvent("", os.getpid(), PROTOCOL_VERSION))
     threading.Thread(target=read_requests, args=(sock, engine), name="omnivox-reader", daemon=True).start()
     engine.work()
     engine.finished.set()
@@ -440,7 +446,7 @@ class Doorway:
 
     def refuse(self, sock: socket.socket, message: str) -> None:
         with contextlib.suppress(OSError):  # a best-effort explanation: the peer may be gone already
-            sock.send(encode_frame({"type": "error", "id": "", "message": message}))
+            sock.send(ErrorEvent("", message).encode())
         self.forget(sock)
 
     def forget(self, sock: socket.socket) -> None:

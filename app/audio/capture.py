@@ -16,8 +16,7 @@ import numpy as np
 import soxr
 
 from app.audio.devices import Device, choose_device, load_sounddevice, negotiate
-
-RATE = 16000
+from engine.protocol import SAMPLE_RATE
 
 
 class Capture:
@@ -27,12 +26,12 @@ class Capture:
                  max_queued_s: float = 10.0) -> None:
         self.sd = sd if sd is not None else load_sounddevice()  # None without PortAudio: "no device" notices
         self.remembered = remembered
-        self.frame_bytes = RATE * frame_ms // 1000 * 2
+        self.frame_bytes = SAMPLE_RATE * frame_ms // 1000 * 2
         self.frame_ms = frame_ms
         self.blocks: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=int(max_queued_s * 1000 / frame_ms))
         self.pending = bytearray()  # 16 kHz mono int16 not yet handed out as a whole frame
         self.device: Device | None = None
-        self.rate = RATE
+        self.rate = SAMPLE_RATE
         self.channels = 1
         self.resampler: soxr.ResampleStream | None = None
         self.stream = None
@@ -49,9 +48,9 @@ class Capture:
         self.device, notice = choose_device(self.sd, "input", self.remembered)
         if self.device is None:
             return notice
-        self.rate, self.channels = negotiate(self.sd, self.device, "input", "int16", RATE)
-        if self.rate != RATE or self.channels != 1:
-            self.resampler = soxr.ResampleStream(self.rate, RATE, 1, dtype="float32")
+        self.rate, self.channels = negotiate(self.sd, self.device, "input", "int16", SAMPLE_RATE)
+        if self.rate != SAMPLE_RATE or self.channels != 1:
+            self.resampler = soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32")
         try:
             self.stream = self.sd.InputStream(
                 samplerate=self.rate, blocksize=self.rate * self.frame_ms // 1000, device=self.device.index,

@@ -15,6 +15,8 @@ from typing import Literal
 
 import numpy as np
 
+from engine.protocol import SAMPLE_RATE
+
 Kind = Literal["input", "output"]
 
 _ALSA_CARD = re.compile(r"\s*\(hw:\d+(,\d+)?\)$")
@@ -99,7 +101,7 @@ def choose_device(sd: ModuleType | None, kind: Kind, remembered: str | None = No
     return chosen, None
 
 
-def negotiate(sd: ModuleType, device: Device, kind: Kind, dtype: str, rate: int = 16000) -> tuple[int, int]:
+def negotiate(sd: ModuleType, device: Device, kind: Kind, dtype: str, rate: int = SAMPLE_RATE) -> tuple[int, int]:
     """(sample rate, channels) to open device with: rate mono if it can, else its own rate and channels.
 
     Devices that only run at 44.1/48 kHz, or only in stereo, are resampled and mixed down by us.
@@ -124,7 +126,7 @@ class SilenceWatch:
     or nearly, for seconds mean nothing is connected behind the device.
     """
 
-    def __init__(self, seconds: float = 4.0, rate: int = 16000, threshold: int = 2) -> None:
+    def __init__(self, seconds: float = 4.0, rate: int = SAMPLE_RATE, threshold: int = 2) -> None:
         self.limit = int(seconds * rate)
         self.threshold = threshold  # in int16 steps
         self.silent_samples = 0

@@ -28,7 +28,8 @@ from typing import Protocol
 import numpy as np
 import soxr
 
-SAMPLE_RATE = 16000
+from engine.protocol import SAMPLE_RATE
+
 CHUNK = SAMPLE_RATE // 100  # the canceller works on 10 ms
 # Our estimate of (reference fed → its echo captured): the output and input buffers plus the room.
 # AEC3 finds the real delay itself; this only tells it where to start looking.

@@ -35,8 +35,8 @@ import numpy as np
 import webrtcvad
 
 from app.audio.spectrum import SILENT_DB, Analysis, NoiseTracker, Spectrum, rms_db
+from engine.protocol import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 FRAME_MS = (10, 20, 30)  # the frame lengths webrtcvad accepts
 
 EndReason = Literal["silence", "max_length", "released", "flush"]

@@ -27,10 +27,10 @@ import soxr
 
 from app.audio.devices import Device, choose_device, load_sounddevice, negotiate
 from app.audio.endpointer import SILENT_DB, rms_db
+from engine.protocol import SAMPLE_RATE
 
 log = logging.getLogger("omnivox.audio")
 
-RATE = 16000  # what the engine sends
 LEVEL_MS = 20  # the echo gate's margins were set with levels over 20 ms: keep that whatever the block
 
 
@@ -65,7 +65,7 @@ class Playback:
         self.reference: Callable[[np.ndarray, int], None] | None = None
         self.clock = clock
         self.device: Device | None = None
-        self.rate, self.channels = RATE, 1
+        self.rate, self.channels = SAMPLE_RATE, 1
         self.prebuffer = self.fade = 0  # in samples at the device rate, set by open
         self.stream = None
         # Shared with the audio callback, under `lock`; held only to move samples in or out.
@@ -106,7 +106,7 @@ class Playback:
         self.device, notice = choose_device(self.sd, "output", self.remembered)
         if self.device is None:
             return notice
-        self.rate, self.channels = negotiate(self.sd, self.device, "output", "float32", RATE)
+        self.rate, self.channels = negotiate(self.sd, self.device, "output", "float32", SAMPLE_RATE)
         self.prebuffer = self.rate * self.prebuffer_ms // 1000
         self.fade = max(1, int(self.rate * self.fade_ms / 1000))
         self.level_span = self.rate * LEVEL_MS // 1000
@@ -152,7 +152,8 @@ class Playback:
             return
         if not self.in_reply:
             self.in_reply, self.first_sample_time = True, None
-            self.resampler = soxr.ResampleStream(RATE, self.rate, 1, dtype="float32") if self.rate != RATE else None
+            self.resampler = (soxr.ResampleStream(SAMPLE_RATE, self.rate, 1, dtype="float32")
+                              if self.rate != SAMPLE_RATE else None)
             with self.lock:
                 self.finishing = False
             self.done.clear()

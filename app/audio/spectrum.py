@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from engine.protocol import SAMPLE_RATE
+
 SILENT_DB = -100.0  # the level reported for digital silence
 WINDOW = 480  # 30 ms
 SPEECH_FROM_HZ = 150

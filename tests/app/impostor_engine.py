@@ -52,7 +52,8 @@ def main(mode: str, heard: Path) -> None:
     sock.sendall(encode_frame({"type": "ready", "id": "", "pid": pid, "protocol": 3}))
     stream = sock.makefile("rb")
     if mode == "bad-frames":
-        answers = [raw_frame({"v": 3, "type": ["pong"], "id": "", "payload_size": 0}),
+        answers = [raw_frame({"v": 3, "type": ["pong"], "id": "", "payload_size": 0})
+                   + raw_frame({"v": 4, "type": "progress", "id": "l", "payload_size": 0, "stage": 3, "fraction": 1}),
                    raw_frame({"v": 3, "type": "audio_chunk", "id": "", "payload_size": 2**62})]
         for answer in answers:
             header, _ = read_frame(stream)

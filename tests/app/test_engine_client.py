@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -65,6 +67,16 @@ def test_a_transcription_through_the_client(client: EngineClient, qtbot) -> None
         asked = client.transcribe(b"", 16000, 6)  # the engine refuses it: its error goes to the asker
     assert refused.args == [asked, {"error": f"transcribe {asked}: no speech to transcribe"}]
     assert errors == [] and client.transcriptions == set()
+
+
+def test_a_prefetch_is_acknowledged_by_its_own_event(client: EngineClient, qtbot) -> None:
+    stages: list[str] = []
+    client.progress.connect(lambda stage, _: stages.append(stage))
+    picture = io.BytesIO()
+    Image.new("RGB", (56, 56), (200, 0, 0)).save(picture, "PNG")
+    with qtbot.waitSignal(client.prefetched, timeout=120_000) as acknowledged:
+        asked = client.prefetch(picture.getvalue())
+    assert acknowledged.args == [asked] and stages == []  # the model's progress line is left alone
 
 
 def test_engine_killed_mid_reply_is_reported_then_restarted_with_the_model(client: EngineClient, qtbot) -> None:
@@ -234,7 +246,8 @@ def test_bad_frames_from_the_engine_are_reported_and_an_unframable_one_restarts_
         client.start()
     with qtbot.waitSignal(client.pong, timeout=10_000):
         first = client.ping()
-    assert errors == ["bad message from the engine: unknown message type ['pong']"] and pongs == [first]
+    assert errors == ["bad message from the engine: unknown message type ['pong']",
+                      "bad message from the engine: progress l: stage must be a string, got 3"] and pongs == [first]
     with qtbot.waitSignal(client.engineDied, timeout=10_000) as died:
         client.ping()
     assert died.args[0] == (f"bad message from the engine: payload of {2**62} bytes is over the 268435456-byte "

@@ -2,6 +2,7 @@ import contextlib
 import io
 import json
 import random
+import re
 import struct
 import subprocess
 import sys
@@ -281,7 +282,7 @@ def test_only_a_hello_with_the_start_token_passes(monkeypatch: pytest.MonkeyPatc
 def test_hello_is_a_request_of_its_own_version() -> None:
     frame = read_frame(io.BytesIO(hello_frame(TOKEN)))[0]
     assert frame == {"type": "hello", "id": "", "token": TOKEN, "v": PROTOCOL_VERSION, "payload_size": 0}
-    assert PROTOCOL_VERSION == 3 and "hello" in protocol.REQUESTS
+    assert PROTOCOL_VERSION == 4 and "hello" in protocol.REQUESTS
     assert len(hello_header(hello_frame(TOKEN))) < protocol.MAX_HELLO
 
 
@@ -368,3 +369,46 @@ def test_fuzzed_frames_raise_only_protocol_errors() -> None:
             except EOFError:
                 break
     assert cases >= 500, f"only {cases} cases in {FUZZ_SECONDS} s"
+
+
+EVERY_MESSAGE = [
+    protocol.HelloRequest("", "0" * 64), protocol.LoadModelRequest("l1", "/models/Lyra", "nf4", None, None),
+    protocol.PrefetchRequest("f1", b"\x89PNG"), RespondRequest("t1", b"\0" * 8, image=b"png", text="what?"),
+    TranscribeRequest("x1", b"\0" * 8), protocol.CancelRequest("t1"), protocol.ResetRequest("r1"),
+    protocol.ShutdownRequest("s1"), protocol.PingRequest("p1"),
+    protocol.ReadyEvent("", 4242, PROTOCOL_VERSION), protocol.ProgressEvent("l1", "reading weights", 0.3),
+    protocol.ModelLoadedEvent("l1", "/models/Lyra", "nf4", "cuda:0", 812.5), protocol.PrefetchedEvent("f1"),
+    protocol.TextDeltaEvent("t1", "It is "), protocol.AudioChunkEvent("t1", b"\0" * 8, 16000, 2),
+    protocol.TurnDoneEvent("t1", "It is red.", 0.5, {"total": 9.5}, {"prompt": 31}, "speech", False),
+    protocol.TranscriptEvent("x1", "what is it", False), protocol.ErrorEvent("t1", "out of memory"),
+    protocol.PongEvent("p1"),
+]
+
+
+@pytest.mark.parametrize("message", EVERY_MESSAGE, ids=lambda message: message.kind)
+def test_every_request_and_event_is_a_dataclass_that_crosses_the_wire_unchanged(message) -> None:
+    header, payload = read_frame(io.BytesIO(message.encode()))
+    assert header["type"] == message.kind and protocol.decode_message(header, payload) == message
+
+
+def test_each_message_type_has_its_dataclass() -> None:
+    assert {message.kind for message in EVERY_MESSAGE} == protocol.REQUESTS | protocol.EVENTS
+
+
+@pytest.mark.parametrize(("fields", "payload", "error"), [
+    ({"type": "progress", "id": "l1", "stage": 3, "fraction": 0.5}, b"", "progress l1: stage must be a string, got 3"),
+    ({"type": "turn_done", "id": "t1", "text": "Hi"}, b"", "turn_done t1: audio_seconds must be a number, got nothing"),
+    ({"type": "load_model", "id": "l1", "model": "/m", "precision": 4}, b"",
+     "load_model l1: precision must be a string or null, got 4"),
+    ({"type": "ready", "id": "", "pid": True, "protocol": 4}, b"",
+     "ready : pid must be a non-negative integer, got True"),
+    ({"type": "transcript", "id": "x1", "text": "hi", "cancelled": "no"}, b"",
+     "transcript x1: cancelled must be true or false, got 'no'"),
+    ({"type": "ping", "id": "p1"}, b"abc", "ping p1: carries no payload, got 3 bytes"),
+])
+def test_a_field_of_the_wrong_type_is_one_protocol_error_naming_it(fields: dict, payload: bytes, error: str) -> None:
+    frame = raw_frame({"v": PROTOCOL_VERSION, "payload_size": len(payload), **fields}, payload)
+    header, payload = read_frame(io.BytesIO(frame))
+    with pytest.raises(ProtocolError, match=f"^{re.escape(error)}$") as raised:
+        protocol.decode_message(header, payload)
+    assert raised.value.frame_id == fields["id"] and not raised.value.fatal

@@ -302,7 +302,7 @@ def test_second_respond_is_refused_while_one_runs(engine: EngineProcess) -> None
 
 def prefetch(engine: EngineProcess, image: bytes) -> None:
     engine.request("prefetch", "f", image)
-    assert engine.until("f", "progress", "error")[-1][0].get("stage") == "image ready"
+    assert engine.until("f", "prefetched", "error")[-1][0]["type"] == "prefetched"
 
 
 def wall_ms_to_reply(engine: EngineProcess, request: RespondRequest) -> tuple[float, dict]:
@@ -378,7 +378,7 @@ def test_a_turn_preempts_transcriptions(engine: EngineProcess, preempt: str) -> 
     if preempt == "respond":  # accepted, not refused, and answered right after
         assert engine.until("t1", "turn_done", "error")[-1][0]["type"] == "turn_done"
     else:
-        assert engine.until("f", "progress", "error")[-1][0]["stage"] == "image ready"
+        assert engine.until("f", "prefetched", "error")[-1][0]["type"] == "prefetched"
 
 
 def test_a_video_turn_crosses_the_wire_and_a_bad_frame_is_one_error(engine: EngineProcess) -> None:
