@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import wave
 from collections.abc import Iterator
@@ -123,3 +124,25 @@ def spoken_question(folder: Path, text: str = "Could you tell me what is on the 
     energy = np.square(audio[: len(audio) // 110 * 110]).reshape(-1, 110).mean(axis=1)  # 5 ms blocks
     loud = np.flatnonzero(energy > energy.max() * 10 ** (-40 / 10))
     return path, (loud[-1] + 1 - loud[0]) * 110 / rate
+
+
+class Recorder:
+    """parecord from the virtual speaker's monitor, 16 kHz mono int16, on a thread."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            ["parecord", "--raw", "--device=spk.monitor", "--rate=16000", "--channels=1", "--format=s16le",
+             "--latency-msec=10"], env=env, stdout=subprocess.PIPE)
+        self.data = bytearray()
+        self.thread = threading.Thread(target=self.pump, daemon=True)
+        self.thread.start()
+
+    def pump(self) -> None:
+        while chunk := self.process.stdout.read1(4096):
+            self.data += chunk
+
+    def stop(self) -> np.ndarray:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        self.thread.join(timeout=5)
+        return np.frombuffer(bytes(self.data[: len(self.data) // 2 * 2]), np.int16)

@@ -84,3 +84,9 @@ class FakeSoundDevice:
         self.check(kwargs["device"], kwargs["channels"], kwargs["samplerate"])
         self.streams.append(FakeStream("output", **kwargs))
         return self.streams[-1]
+
+
+def feed(stream: FakeStream, audio: np.ndarray) -> None:
+    """Microphone audio arriving in 30 ms blocks."""
+    for i in range(0, len(audio), 480):
+        stream.feed(audio[i : i + 480, None])

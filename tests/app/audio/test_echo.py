@@ -18,7 +18,7 @@ from app.audio.echo import (
     make_echo_canceller,
 )
 from app.audio.spectrum import rms_db
-from tests.app.audio.test_endpointer import speech
+from tests.app.audio.sounds import speech
 
 RATE = 16000
 

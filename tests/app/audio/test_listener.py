@@ -12,8 +12,8 @@ from app.audio.capture import Capture
 from app.audio.devices import SilenceWatch
 from app.audio.endpointer import Endpointer, Level, SpeechEnded, SpeechStarted
 from app.audio.listener import Listener, Notice
-from tests.app.audio.fake_sounddevice import FakeSoundDevice, device
-from tests.app.audio.test_endpointer import quiet, speech
+from tests.app.audio.fake_sounddevice import FakeSoundDevice, device, feed
+from tests.app.audio.sounds import quiet, speech
 
 
 class Collector:
@@ -41,11 +41,6 @@ def started(**kwargs) -> tuple[Listener, object, Collector]:
     listener = Listener(Capture(sd), Endpointer(**kwargs), collector)
     assert listener.start()
     return listener, sd.streams[0], collector
-
-
-def feed(stream, audio: np.ndarray) -> None:
-    for i in range(0, len(audio), 480):
-        stream.feed(audio[i : i + 480, None])
 
 
 def test_speech_through_the_thread_becomes_a_turn() -> None:

@@ -9,7 +9,6 @@ pulseaudio/espeak-ng, failed instead under OMNIVOX_E2E=require.
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 import wave
 from collections.abc import Iterator
@@ -24,44 +23,11 @@ from app.audio.echo import CANCELLED_DB, make_echo_canceller
 from app.audio.endpointer import ECHO_GAIN_DB, Endpointer, SpeechEnded, SpeechStarted
 from app.audio.listener import Listener
 from app.audio.playback import OUTPUT_BUFFERS, Playback
-from tests.e2e_env import pulseaudio, spoken_question
+from tests.e2e_env import Recorder
 
 
-@pytest.fixture(scope="module")
-def pulse() -> Iterator[dict[str, str]]:
-    with pulseaudio() as env:
-        yield env
-
-
-@pytest.fixture(scope="module")
-def spoken(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
-    return spoken_question(tmp_path_factory.mktemp("speech"))
-
-
-class Recorder:
-    """parecord from the virtual speaker's monitor, 16 kHz mono int16, on a thread."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            ["parecord", "--raw", "--device=spk.monitor", "--rate=16000", "--channels=1", "--format=s16le",
-             "--latency-msec=10"], env=env, stdout=subprocess.PIPE)
-        self.data = bytearray()
-        self.thread = threading.Thread(target=self.pump, daemon=True)
-        self.thread.start()
-
-    def pump(self) -> None:
-        while chunk := self.process.stdout.read1(4096):
-            self.data += chunk
-
-    def stop(self) -> np.ndarray:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-        self.thread.join(timeout=5)
-        return np.frombuffer(bytes(self.data[: len(self.data) // 2 * 2]), np.int16)
-
-
-def test_speech_into_the_virtual_mic_is_exactly_one_turn_of_the_right_length(pulse, spoken) -> None:
-    path, speech_seconds = spoken
+def test_speech_into_the_virtual_mic_is_exactly_one_turn_of_the_right_length(pulse, question) -> None:
+    path, speech_seconds = question
     turns: list[SpeechEnded] = []
     listener = Listener(Capture(), Endpointer(), lambda e: turns.append(e) if isinstance(e, SpeechEnded) else None)
     assert listener.start(), "the virtual microphone did not open"
@@ -167,7 +133,7 @@ def spoken_reply(folder: Path) -> np.ndarray:
 
 
 @pytest.mark.parametrize("cancel", [True, False])
-def test_with_speakers_the_reply_echo_is_no_turn_but_the_user_over_it_is(pulse, speakers, spoken, tmp_path,
+def test_with_speakers_the_reply_echo_is_no_turn_but_the_user_over_it_is(pulse, speakers, question, tmp_path,
                                                                          cancel) -> None:
     echo = make_echo_canceller() if cancel else None
     assert echo is not None or not cancel, "livekit (WebRTC audio processing) is a dependency"
@@ -190,7 +156,7 @@ def test_with_speakers_the_reply_echo_is_no_turn_but_the_user_over_it_is(pulse, 
         playback.write(reply.tobytes())
         playback.finish()
         time.sleep(1.5)
-        subprocess.run(["paplay", "--device=micsrc", str(spoken[0])], env=pulse, check=True, timeout=30)
+        subprocess.run(["paplay", "--device=micsrc", str(question[0])], env=pulse, check=True, timeout=30)
         assert playback.wait_done(len(reply) / 16000 + 5)
         time.sleep(1.5)
     finally:
@@ -200,7 +166,7 @@ def test_with_speakers_the_reply_echo_is_no_turn_but_the_user_over_it_is(pulse, 
     if cancel:
         assert during_reply == []  # the reply's echo never started a turn
         assert len(user_turns) == 1  # the user talking over it did
-        assert user_turns[0].end_t - user_turns[0].start_t == pytest.approx(spoken[1], abs=0.5)
+        assert user_turns[0].end_t - user_turns[0].start_t == pytest.approx(question[1], abs=0.5)
     else:
         assert during_reply != []  # the gate alone lets an echo this loud through: that is what cancelling is for
 

@@ -7,6 +7,7 @@ runs for real); the speaker advances only when a test pulls its blocks, so playb
 from __future__ import annotations
 
 import os
+import threading
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from PySide6.QtCore import QObject, Signal  # noqa: E402
+from PySide6.QtCore import QCoreApplication, QObject, Signal  # noqa: E402
 
 from app.audio.capture import Capture  # noqa: E402
 from app.audio.echo import CANCELLED_DB, EchoCanceller  # noqa: E402
@@ -23,9 +24,8 @@ from app.audio.endpointer import ECHO_GAIN_DB, PRESETS, Level, SpeechEnded, Spee
 from app.audio.playback import OutputBuffer, Playback  # noqa: E402
 from app.visual.context import Picture  # noqa: E402
 from app.voice_controller import Heard, LevelThrottle, VoiceController, VoiceSettings, WindowVoice  # noqa: E402
-from tests.app.audio.fake_sounddevice import FakeSoundDevice, device  # noqa: E402
-from tests.app.audio.test_endpointer import quiet, speech  # noqa: E402
-from tests.app.audio.test_listener import feed  # noqa: E402
+from tests.app.audio.fake_sounddevice import FakeSoundDevice, device, feed  # noqa: E402
+from tests.app.audio.sounds import quiet, speech  # noqa: E402
 
 
 @dataclass
@@ -124,8 +124,13 @@ class Rig:
 
     def heard_all(self) -> None:
         """Wait until the reader has taken in everything fed and its events have reached the controller."""
-        self.qtbot.waitUntil(lambda: self.controller.listener.capture.blocks.empty(), timeout=5000)
-        self.qtbot.wait(200)
+        listener = self.controller.listener
+        self.qtbot.waitUntil(listener.capture.blocks.empty, timeout=5000)
+        # The reader runs commands between frames: once this one ran, the last frame's events are posted.
+        caught_up = threading.Event()
+        listener.commands.put(lambda: caught_up.set() or [])
+        self.qtbot.waitUntil(caught_up.is_set, timeout=5000)
+        QCoreApplication.processEvents()  # deliver what the reader posted before the marker
 
     def wait_state(self, state: str) -> None:
         self.qtbot.waitUntil(lambda: self.controller.state == state, timeout=5000)

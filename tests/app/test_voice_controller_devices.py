@@ -12,7 +12,6 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import subprocess  # noqa: E402 - Qt must see the platform first
-from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -23,20 +22,8 @@ from app.audio.endpointer import PRESETS  # noqa: E402
 from app.audio.playback import Playback  # noqa: E402
 from app.visual.context import Picture  # noqa: E402
 from app.voice_controller import VoiceController  # noqa: E402
-from tests.app.audio.test_real_devices import Recorder  # noqa: E402
-from tests.app.voice.test_controller import FakeEngine  # noqa: E402
-from tests.e2e_env import pulseaudio, spoken_question  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def pulse() -> Iterator[dict[str, str]]:
-    with pulseaudio() as env:
-        yield env
-
-
-@pytest.fixture(scope="module")
-def question(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
-    return spoken_question(tmp_path_factory.mktemp("speech"))
+from tests.app.fakes import FakeEngine  # noqa: E402
+from tests.e2e_env import Recorder  # noqa: E402
 
 
 class Loop:
@@ -78,18 +65,18 @@ def test_a_spoken_question_is_one_turn_and_the_reply_is_heard_on_the_speaker(pul
     loop = Loop(qtbot)
     try:
         loop.ask(path, pulse).wait(timeout=30)
-        qtbot.waitUntil(lambda: len(loop.engine.responds) > 0, timeout=5000)
+        qtbot.waitUntil(lambda: len(loop.engine.requests) > 0, timeout=5000)
         qtbot.wait(1000)  # nothing more may follow
-        assert len(loop.engine.responds) == 1
-        request = loop.engine.responds[0]
+        assert len(loop.engine.requests) == 1
+        request = loop.engine.requests[0]
         # The speech with the 0.5 s pre-roll before it and the 0.2 s tail after it.
         assert len(request.pcm) / 4 / 16000 == pytest.approx(speech_seconds + 0.7, abs=0.3)
-        assert request.image == b"the screen" and loop.engine.prefetches == [b"the screen"]
+        assert request.image == b"the screen" and loop.engine.prefetched == [b"the screen"]
 
         recorder = Recorder(pulse)
         qtbot.wait(300)
-        loop.answer("t1", 1.0, 0.3)
-        loop.engine.turnDone.emit("t1", {"timings_ms": {"first_audio": 120.0}})
+        loop.answer(request.turn_id, 1.0, 0.3)
+        loop.engine.turnDone.emit(request.turn_id, {"timings_ms": {"first_audio": 120.0}})
         qtbot.waitUntil(lambda: len(loop.records) > 0, timeout=5000)
         qtbot.wait(300)
         recorded = recorder.stop()
@@ -108,7 +95,7 @@ def test_speaking_over_the_reply_stops_it_and_becomes_the_next_turn(pulse, quest
     path, _ = question
     loop = Loop(qtbot)
     loop.controller.send_text("describe the screen")
-    turn_id = "t1"
+    turn_id = loop.engine.requests[0].turn_id
     recorder = Recorder(pulse)
     try:
         qtbot.wait(300)
@@ -118,9 +105,9 @@ def test_speaking_over_the_reply_stops_it_and_becomes_the_next_turn(pulse, quest
         qtbot.wait(800)
         speaker = loop.ask(path, pulse)
         qtbot.waitUntil(lambda: len(loop.records) > 0, timeout=5000)
-        assert loop.engine.cancels == [turn_id] and loop.records[0]["interrupted"]
+        assert loop.engine.cancelled == [turn_id] and loop.records[0]["interrupted"]
         speaker.wait(timeout=30)
-        qtbot.waitUntil(lambda: len(loop.engine.responds) == 2, timeout=5000)
+        qtbot.waitUntil(lambda: len(loop.engine.requests) == 2, timeout=5000)
         recorded = recorder.stop()
     finally:
         loop.controller.shutdown()

@@ -19,7 +19,7 @@ from PySide6.QtGui import QColor, QImage
 from app.visual.image_input import MAX_SIDE, ImageInput, LoadedImage
 from tests.probes import PNG_GREY_1BIT, PNG_RGBA, blank_png
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def write(path: Path, size: tuple[int, int] = (64, 48), color: tuple[int, ...] = (220, 40, 40), **save) -> Path:
