@@ -72,14 +72,13 @@ def load_lyra(
     dims = speech_encoder_dims(index, projectors["speech"])
 
     cache = WeightCache(cache_dir, files, precision) if cache_dir is not None and precision.quantized else None
+    damage = None
     try:
         model, report = build_model(config, dims, attn_implementation, files, index, precision, cache)
-        damage = None
     except DamagedCache as err:
         damage = str(err)
-    if damage is not None:  # rebuilt outside the handler: its traceback would keep the half-filled model alive
+    if cache is not None and damage is not None:  # outside the handler, whose traceback holds the half-filled model
         log.warning("%s: not used, loading afresh", damage)
-        assert cache is not None
         cache.discard()
         model, report = build_model(config, dims, attn_implementation, files, index, precision, cache)
         report.weight_cache = "rebuilt"
@@ -192,7 +191,7 @@ def load_weights(model: LyraModel, files: CheckpointFiles, index: dict[str, Tens
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise OmnivoxError(f"weights: missing {shown}; the checkpoint is incomplete, re-download it.")
 
-    formats = {}  # module → "nf4" / "int8" for the layers bitsandbytes holds
+    formats: dict[str, str] = {}  # module → "nf4" / "int8" for the layers bitsandbytes holds
     for target in wanted.values():
         module_name = target.rsplit(".", 1)[0]
         fmt = storage_format(module_name, getattr(model.get_submodule(module_name), "in_features", 0), precision.mode)
