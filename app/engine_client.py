@@ -94,13 +94,16 @@ class EngineClient(QObject):
     engineDied = Signal(str)  # why; a turn that was running is over without its turnDone
     pong = Signal(str)  # ping id
 
-    def __init__(self, python: str = sys.executable, parent: QObject | None = None) -> None:
+    def __init__(self, python: str = sys.executable, data_dir: Path | None = None,
+                 parent: QObject | None = None) -> None:
         super().__init__(parent)
         # One process object and one socket for the client's whole life, restarted and reconnected
         # in place: deleting and replacing Qt children from their own signals is where crashes hide.
         self.process = QProcess(self)
         self.process.setProgram(python)
-        self.process.setArguments(["-m", "engine.server", "--listen", "127.0.0.1:0"])
+        # with the data folder, the engine keeps a model's quantized weights there: a second start skips quantizing
+        self.process.setArguments(["-m", "engine.server", "--listen", "127.0.0.1:0",
+                                   *(["--data-dir", str(data_dir)] if data_dir is not None else [])])
         self.process.setWorkingDirectory(str(PROJECT_ROOT))
         self.process.readyReadStandardOutput.connect(self.on_stdout)
         self.process.readyReadStandardError.connect(self.on_stderr)

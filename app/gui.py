@@ -18,7 +18,7 @@ from app.audio.capture import Capture
 from app.audio.playback import Playback
 from app.chat import DEFAULT_MAX_NEW_TOKENS
 from app.engine_client import EngineClient
-from app.history import HistoryStore
+from app.history import HistoryStore, default_data_dir
 from app.settings import Preferences, load_preferences, open_settings
 from app.voice_controller import VoiceController, VoiceSettings, WindowVoice
 from app.window import MainWindow, ModelChoice
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model is not None:
         model = ModelChoice(str(args.model), args.precision or prefs.precision or None,
                             args.device or prefs.device or None)
-    engine = EngineClient()
+    engine = EngineClient(data_dir=args.data_dir or default_data_dir())
     max_new_tokens = args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     voice = None if args.no_voice else voice_loop(engine, prefs, max_new_tokens)
     window = MainWindow(engine, store, settings, model=model, voice=voice, max_new_tokens=max_new_tokens)

@@ -126,8 +126,9 @@ class LastImage:
 class Engine:
     """Request handling: the reader thread calls `receive`, the main thread runs `work`."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, data_dir: Path | None = None) -> None:
         self.connection = connection
+        self.data_dir = data_dir  # the user data folder: quantized weights are cached there between starts
         self.jobs: queue.Queue[Job | None] = queue.Queue()
         self.session: Session | None = None
         self.images = LastImage()
@@ -239,7 +240,12 @@ class Engine:
 
         precision = Precision.parse(request.precision, request.device)
         self.connection.send(ProgressEvent(frame_id, "reading weights", 0.3))
-        lyra = load_lyra(Path(folder), precision, Path(vocoder) if vocoder else None)
+        cache = None
+        if self.data_dir is not None:
+            from engine.weight_cache import cache_dir
+
+            cache = cache_dir(self.data_dir)
+        lyra = load_lyra(Path(folder), precision, Path(vocoder) if vocoder else None, cache_dir=cache)
         self.session = Session(lyra)
         self.connection.send(ModelLoadedEvent(frame_id, folder, precision.mode, str(precision.device),
                                               round((time.perf_counter() - started) * 1000, 1)))
@@ -322,14 +328,14 @@ def turn_request(request: RespondRequest, images: LastImage) -> TurnRequest:
                        speak=request.speak, video=video)
 
 
-def serve(sock: socket.socket) -> None:
+def serve(sock: socket.socket, data_dir: Path | None = None) -> None:
     """Serve one app until it leaves or sends shutdown.
 
     Model work runs on the main thread and requests are read on another: in benchmarks/engine_ipc.py
     turns took a few ms longer when torch ran on a secondary thread.
     """
     connection = Connection(sock)
-    engine = Engine(connection)
+    engine = Engine(connection, data_dir)
     connection.send(ReadyEvent("", os.getpid(), PROTOCOL_VERSION))
     threading.Thread(target=read_requests, args=(sock, engine), name="omnivox-reader", daemon=True).start()
     engine.work()
@@ -499,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="HOST:PORT to accept the app on (default 127.0.0.1:0, a free port)")
     parser.add_argument("--accept-timeout", type=float, default=60.0,
                         help="seconds to wait for the app to connect before giving up")
+    parser.add_argument("--data-dir", type=Path,
+                        help="the app's data folder, where quantized weights are kept between starts (none: no cache)")
     args = parser.parse_args(argv)
     # Out of the environment at once: nothing this process starts inherits the token.
     token = os.environ.pop(TOKEN_ENV, "")
@@ -514,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # events are small and latency-bound
     with sock:
-        serve(sock)
+        serve(sock, args.data_dir)
     return 0
 
 

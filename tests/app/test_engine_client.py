@@ -42,6 +42,13 @@ def test_importing_the_client_leaves_torch_out() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_the_engine_gets_the_data_folder_for_its_weight_cache(qapp, tmp_path: Path) -> None:
+    # the engine keeps quantized weights there (tests/engine/test_server.py); without it no cache
+    with_folder, without = EngineClient(data_dir=tmp_path), EngineClient()
+    assert with_folder.process.arguments()[-2:] == ["--data-dir", str(tmp_path)]
+    assert "--data-dir" not in without.process.arguments()
+
+
 def test_full_turn_through_the_client(client: EngineClient, qtbot) -> None:
     deltas, chunks = [], []
     client.textDelta.connect(lambda turn, text: deltas.append((turn, text)))

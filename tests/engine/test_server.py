@@ -38,9 +38,9 @@ ROOT = Path(__file__).resolve().parents[2]
 REFUSED = "this engine serves only the app that started it"
 
 
-def start_engine(token: str) -> tuple[subprocess.Popen, int]:
+def start_engine(token: str, *options: str) -> tuple[subprocess.Popen, int]:
     """An engine process started as the app starts it (the token in its environment); and its port."""
-    process = subprocess.Popen([sys.executable, "-m", "engine.server", "--listen", "127.0.0.1:0"], cwd=ROOT,
+    process = subprocess.Popen([sys.executable, "-m", "engine.server", "--listen", "127.0.0.1:0", *options], cwd=ROOT,
                                stdout=subprocess.PIPE, env={**os.environ, TOKEN_ENV: token})
     assert process.stdout is not None
     name, port = process.stdout.readline().decode().split()
@@ -65,9 +65,9 @@ def frames_until_closed(sock: socket.socket) -> list[dict]:
 class EngineProcess:
     """A running engine process and the test's connection to it, as the app's (after its hello)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *options: str) -> None:
         token = secrets.token_hex(32)
-        self.process, port = start_engine(token)
+        self.process, port = start_engine(token, *options)
         self.sock = connect(port)
         self.stream = self.sock.makefile("rb")
         self.send(hello_frame(token))
@@ -89,8 +89,8 @@ class EngineProcess:
             frames.append(self.next())
         return frames
 
-    def load(self, folder: Path) -> dict:
-        self.request("load_model", "load", model=str(folder), precision="fp32", device="cpu")
+    def load(self, folder: Path, precision: str = "fp32") -> dict:
+        self.request("load_model", "load", model=str(folder), precision=precision, device="cpu")
         loaded = self.until("load", "model_loaded", "error")[-1][0]
         assert loaded["type"] == "model_loaded", loaded
         return loaded
@@ -262,6 +262,20 @@ def test_loading_a_missing_model_is_one_error_line(bare_engine: EngineProcess, t
     assert [h["type"] for h, _ in frames[:-1]] == ["progress", "progress"]
     message = f"{tmp_path / 'nowhere'}: no such model folder; download a model or pass --model DIR."
     assert frames[-1][0]["message"] == message
+
+
+def test_the_app_s_data_folder_keeps_quantized_weights_between_starts(test_model: Path, tmp_path: Path) -> None:
+    replies, caches = [], []
+    for _ in range(2):
+        engine = EngineProcess("--data-dir", str(tmp_path))
+        engine.load(test_model, "nf4")
+        replies.append(engine.turn(RespondRequest("q", text="hi", max_new_tokens=4, speak=False))[-1][0]["text"])
+        engine.close()
+        caches.append({(path, path.stat().st_ino, path.stat().st_mtime_ns)
+                       for path in (tmp_path / "cache" / "weights").rglob("nf4-*.safetensors")})
+    assert len(caches[0]) == 1  # written by the first start
+    assert caches[1] == caches[0]  # and taken as it is by the second, not written again
+    assert replies[0] == replies[1]
 
 
 def test_full_spoken_turn(engine: EngineProcess) -> None:
